@@ -1,0 +1,57 @@
+"""polyproc: process-based parallelism with the ``multiprocessing`` API.
+
+``import polyproc as multiprocessing`` and a program runs unchanged. The module-level names
+below are bound to the default context (see ``polyproc.context``).
+"""
+
+from __future__ import annotations
+
+from . import context as _context
+from .context import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+from .process import active_children, current_process, parent_process
+from .util import SUBDEBUG, SUBWARNING
+
+__version__ = "0.1.0"
+
+_default = _context._default_context
+
+Process = _context.Process
+Pipe = _default.Pipe
+Lock = _default.Lock
+RLock = _default.RLock
+Condition = _default.Condition
+Semaphore = _default.Semaphore
+BoundedSemaphore = _default.BoundedSemaphore
+Event = _default.Event
+Barrier = _default.Barrier
+Queue = _default.Queue
+JoinableQueue = _default.JoinableQueue
+SimpleQueue = _default.SimpleQueue
+RawValue = _default.RawValue
+RawArray = _default.RawArray
+Value = _default.Value
+Array = _default.Array
+Pool = _default.Pool
+Manager = _default.Manager
+cpu_count = _default.cpu_count
+freeze_support = _default.freeze_support
+get_logger = _default.get_logger
+log_to_stderr = _default.log_to_stderr
+allow_connection_pickling = _default.allow_connection_pickling
+set_executable = _default.set_executable
+set_forkserver_preload = _default.set_forkserver_preload
+get_context = _default.get_context
+get_start_method = _default.get_start_method
+set_start_method = _default.set_start_method
+get_all_start_methods = _default.get_all_start_methods
+reducer = _default.reducer
+
+__all__ = [
+    "Array", "AuthenticationError", "Barrier", "BoundedSemaphore", "BufferTooShort",
+    "Condition", "Event", "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process",
+    "ProcessError", "Queue", "RLock", "RawArray", "RawValue", "SUBDEBUG", "SUBWARNING",
+    "Semaphore", "SimpleQueue", "TimeoutError", "Value", "active_children",
+    "allow_connection_pickling", "cpu_count", "current_process", "freeze_support",
+    "get_all_start_methods", "get_context", "get_logger", "get_start_method", "log_to_stderr",
+    "parent_process", "reducer", "set_executable", "set_forkserver_preload", "set_start_method",
+]

@@ -1,0 +1,1 @@
+"""Resources shared between processes: fd passing, named-resource tracking."""

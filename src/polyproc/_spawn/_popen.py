@@ -1,0 +1,167 @@
+"""What every start method's ``Popen`` shares: waiting, signalling and closing a child."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from .. import util
+
+_own_sentinel_fd: int | None = None  # write end of this process's death pipe (held until exit)
+
+
+def set_own_sentinel_fd(fd: int | None) -> None:
+    """Remember the fd whose closing tells our parent we died (a forked child closes it)."""
+    global _own_sentinel_fd
+    _own_sentinel_fd = fd
+
+
+def after_fork_in_child() -> None:
+    """Run first thing in a child made by ``os.fork``."""
+    # Our parent's death pipe must close when *our parent* exits, not when we do.
+    if _own_sentinel_fd is not None:
+        util.close_fds(_own_sentinel_fd)
+        set_own_sentinel_fd(None)
+    util._reset_exit_state_in_child()
+
+
+def wait_fd(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` becomes readable (or hung up) within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+
+
+class PopenBase:
+    """A child that this process can ``waitpid`` for (fork and spawn)."""
+
+    method = ""
+    pid: int
+    sentinel: int
+    returncode: int | None = None
+    finalizer: util.Finalize | None = None
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, sts = os.waitpid(self.pid, flag)
+            except ChildProcessError:
+                # Reaped elsewhere (e.g. a SIGCHLD handler): we can't know the code.
+                if self.sentinel is not None and wait_fd(self.sentinel, 0 if flag else None):
+                    self.returncode = 255
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(sts)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None:
+            if timeout is not None and not wait_fd(self.sentinel, timeout):
+                return None
+            return self.poll(0)
+        return self.returncode
+
+    def _send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except OSError:
+                if self.wait(timeout=0.1) is None:
+                    raise
+
+    def terminate(self) -> None:
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.finalizer is not None:
+            self.finalizer()
+
+
+_BOOTSTRAP_ERROR = """
+An attempt was made to start a new process while this process was still importing the main
+module of its parent (it was started with the {method!r} start method, which re-imports the
+main module in the child).
+
+This usually means the main module starts processes at import time. Put the code that starts
+processes under the main guard, so that it runs only in the parent:
+
+    if __name__ == '__main__':
+        polyproc.freeze_support()   # only needed for frozen executables
+        ...
+
+(See "Safe importing of main module" in the multiprocessing documentation.)"""
+
+
+def check_not_importing_main(method: str) -> None:
+    """Refuse to start a process while this child still imports its parent's main module."""
+    from .. import process
+
+    if getattr(process.current_process(), "_inheriting", False):
+        raise RuntimeError(_BOOTSTRAP_ERROR.format(method=method))
+
+
+_executable: str | None = None
+
+
+def get_executable() -> str:
+    return _executable or sys.executable
+
+
+def set_executable(exe: str) -> None:
+    global _executable
+    _executable = os.fsdecode(exe)
+
+
+def interpreter_args() -> list[str]:
+    """Command-line flags that reproduce this interpreter's settings (-O, -X, -W, ...)."""
+    fn = getattr(subprocess, "_args_from_interpreter_flags", None)
+    return list(fn()) if fn is not None else []
+
+
+def child_command(code: str) -> list[str]:
+    """The argv of a fresh interpreter running ``code``."""
+    return [get_executable(), *interpreter_args(), "-c", code, "--polyproc-fork"]
+
+
+def write_frames(fd: int, *frames: bytes | memoryview) -> None:
+    """Write length-prefixed frames to a pipe (the child may have died: ignore EPIPE)."""
+    try:
+        for frame in frames:
+            data = len(frame).to_bytes(8, "big")
+            _write_all(fd, data)
+            _write_all(fd, frame)
+    except BrokenPipeError:
+        pass
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def read_frame(fd: int) -> bytes:
+    size = int.from_bytes(_read_exact(fd, 8), "big")
+    return _read_exact(fd, size)
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        got = os.readv(fd, [view[pos:]])
+        if got == 0:
+            raise EOFError("parent closed the pipe before sending the process data")
+        pos += got
+    return bytes(buf)

@@ -1,0 +1,40 @@
+"""The fork start method: the child is a copy of this process made by ``os.fork``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .. import util
+from ._popen import PopenBase, after_fork_in_child, set_own_sentinel_fd
+
+
+class Popen(PopenBase):
+    """Start ``process_obj`` in a forked child."""
+
+    method = "fork"
+
+    def __init__(self, process_obj: Any) -> None:
+        util._flush_std_streams()
+        self.returncode = None
+        self.finalizer = None
+        parent_r, child_w = os.pipe()  # our sentinel: EOF when the child has exited
+        child_r, parent_w = os.pipe()  # the child's parent sentinel: EOF when we exit
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.close(parent_r)
+                os.close(parent_w)
+                after_fork_in_child()
+                set_own_sentinel_fd(child_w)
+                code = process_obj._bootstrap(parent_sentinel=child_r)
+            finally:
+                os._exit(code)
+        os.close(child_w)
+        os.close(child_r)
+        self.sentinel = parent_r
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_r, parent_w))
+
+    def duplicate_for_child(self, fd: int) -> int:
+        return fd

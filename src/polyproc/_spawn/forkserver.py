@@ -1,0 +1,339 @@
+"""The forkserver start method: a server process, started once per parent, forks children.
+
+The server is a fresh interpreter that imports the preload modules (by default the parent's
+main module) once. The parent talks to it over a private socketpair: each request carries, with
+SCM_RIGHTS, the read end of the child's data pipe, the write end of the child's status pipe and
+any fds the Process carries. The server forks, answers with the pid, and when the child exits
+writes its exit code into the status pipe: the parent's sentinel is that pipe's read end.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .. import context, reduction, util
+from ._popen import (
+    PopenBase,
+    after_fork_in_child,
+    check_not_importing_main,
+    child_command,
+    wait_fd,
+    write_frames,
+)
+from .bootstrap import get_preparation_data, import_main_for_preload
+
+MAXFDS_TO_SEND = 256
+_STATUS = struct.Struct("i")
+_PID = struct.Struct("q")
+
+
+class ForkServer:
+    """The parent's handle on its fork server (one per process, started on first use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._alive_w: int | None = None
+        self._pid: int | None = None
+        self._preload_modules: list[str] = ["__main__"]
+
+    def set_forkserver_preload(self, modules_names: Sequence[str]) -> None:
+        if not all(isinstance(m, str) for m in modules_names):
+            raise TypeError("module_names must be a list of strings")
+        self._preload_modules = list(modules_names)
+
+    def _stop(self) -> None:
+        with self._lock:
+            self._stop_unlocked()
+
+    def _stop_unlocked(self) -> None:
+        if self._pid != os.getpid():
+            return
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._alive_w is not None:
+            util.close_fds(self._alive_w)
+            self._alive_w = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def ensure_running(self) -> None:
+        """Start the server unless this process already has a live one."""
+        with self._lock:
+            self._ensure_running_unlocked()
+
+    def _ensure_running_unlocked(self) -> None:
+        if self._pid == os.getpid() and self._proc is not None and self._proc.poll() is None:
+            return
+        if self._pid == os.getpid():
+            self._stop_unlocked()
+        else:  # inherited from a parent by fork: not ours to use
+            self._sock = self._proc = self._alive_w = None
+        parent_sock, server_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        alive_r, alive_w = os.pipe()
+        preload: dict[str, Any] = {"modules": [m for m in self._preload_modules if m != "__main__"]}
+        if "__main__" in self._preload_modules:
+            data = get_preparation_data("ForkServer", "forkserver")
+            preload["main"] = {k: data[k] for k in data if k.startswith("init_main") or k in (
+                "sys_path", "sys_argv", "dir", "orig_dir")}
+        try:
+            cmd = child_command(
+                "from polyproc._spawn.forkserver import main; "
+                f"main({server_sock.fileno()}, {alive_r})"
+            )
+            self._proc = subprocess.Popen(
+                cmd, pass_fds=[server_sock.fileno(), alive_r], close_fds=True
+            )
+        except BaseException:
+            parent_sock.close()
+            util.close_fds(alive_w)
+            raise
+        finally:
+            server_sock.close()
+            util.close_fds(alive_r)
+        self._sock = parent_sock
+        self._alive_w = alive_w
+        self._pid = os.getpid()
+        payload = pickle.dumps(preload, pickle.HIGHEST_PROTOCOL)
+        parent_sock.sendall(len(payload).to_bytes(8, "big") + payload)
+        util.Finalize(self, ForkServer._stop, args=(self,), exitpriority=-50)
+
+    def request(self, fds: list[int]) -> int:
+        """Ask the server to fork a child that receives ``fds``; return the child's pid."""
+        if len(fds) + 1 > MAXFDS_TO_SEND:
+            raise ValueError("too many fds")
+        with self._lock:
+            self._ensure_running_unlocked()
+            sock = self._sock
+            assert sock is not None
+            try:
+                sock.sendmsg(
+                    [len(fds).to_bytes(4, "big")],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                )
+                reply = _recv_exact(sock, _PID.size)
+            except (OSError, EOFError) as e:
+                self._stop_unlocked()
+                raise RuntimeError(
+                    "the fork server died; polyproc will start a new one on the next request"
+                ) from e
+        pid = _PID.unpack(reply)[0]
+        if pid < 0:
+            raise OSError(-pid, "fork server could not fork: " + os.strerror(-pid))
+        return pid
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("fork server closed the connection")
+        data += chunk
+    return data
+
+
+_forkserver = ForkServer()
+ensure_running = _forkserver.ensure_running
+set_forkserver_preload = _forkserver.set_forkserver_preload
+
+
+class _IndexedFd:
+    """An fd passed to a forkserver child, found by its index in the received list."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def detach(self) -> int:
+        from . import bootstrap
+
+        return bootstrap._inherited_fds[self.index]
+
+
+class Popen(PopenBase):
+    """Start ``process_obj`` as a child of the fork server."""
+
+    method = "forkserver"
+    DupFd = _IndexedFd
+
+    def __init__(self, process_obj: Any) -> None:
+        self.returncode = None
+        self.finalizer = None
+        self._fds: list[int] = []
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self._fds.append(fd)
+        return len(self._fds) - 1
+
+    def _launch(self, process_obj: Any) -> None:
+        check_not_importing_main(self.method)
+        prep = get_preparation_data(process_obj._name, self.method)
+        context.set_spawning_popen(self)
+        try:
+            prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
+            obj_data = reduction.dumps(process_obj)
+        finally:
+            context.set_spawning_popen(None)
+        data_r, data_w = os.pipe()
+        status_r, status_w = os.pipe()
+        try:
+            self.pid = _forkserver.request([data_r, status_w, *self._fds])
+        except BaseException:
+            util.close_fds(data_w, status_r)
+            raise
+        finally:
+            util.close_fds(data_r, status_w)
+        self.sentinel = status_r
+        self.finalizer = util.Finalize(self, util.close_fds, (status_r, data_w))
+        write_frames(data_w, prep_data, obj_data)
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is None:
+            if flag == os.WNOHANG and not wait_fd(self.sentinel, 0):
+                return None
+            data = b""
+            while len(data) < _STATUS.size:
+                chunk = os.read(self.sentinel, _STATUS.size - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) == _STATUS.size:
+                self.returncode = _STATUS.unpack(data)[0]
+            else:
+                self.returncode = 255  # the fork server died before it could report
+        return self.returncode
+
+
+# ---------------------------------------------------------------- the server
+
+
+def main(sock_fd: int, alive_fd: int) -> None:
+    """Run the fork server (in a fresh interpreter) until the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent
+    sock = socket.socket(fileno=sock_fd)
+    os.set_inheritable(alive_fd, False)
+    size = int.from_bytes(_recv_exact(sock, 8), "big")
+    preload = pickle.loads(_recv_exact(sock, size))
+    if "main" in preload:
+        try:
+            import_main_for_preload(preload["main"])
+        except Exception:
+            pass  # children will import it themselves and report the error
+    for name in preload["modules"]:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    util._run_finalizers()  # nothing the preload registered must run in children
+
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    status_fds: dict[int, int] = {}
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(alive_fd, selectors.EVENT_READ)
+    sel.register(sig_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fd == alive_fd:
+                os._exit(0)  # the parent is gone; children carry on and are reparented
+            if key.fd == sig_r:
+                try:
+                    while os.read(sig_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                _reap(status_fds)
+                continue
+            try:
+                msg, ancdata, _flags, _ = sock.recvmsg(4, socket.CMSG_SPACE(4 * MAXFDS_TO_SEND))
+            except OSError:
+                os._exit(0)
+            if not msg:
+                os._exit(0)
+            fds = array.array("i")
+            for level, type_, data in ancdata:
+                if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            fds_list = list(fds)
+            pid = _fork_child(fds_list, [sock.fileno(), alive_fd, sig_r, sig_w])
+            util.close_fds(fds_list[0], *fds_list[2:])
+            if pid > 0:
+                status_fds[pid] = fds_list[1]
+            else:
+                util.close_fds(fds_list[1])
+            sock.sendall(_PID.pack(pid))
+
+
+def _fork_child(fds: list[int], server_fds: list[int]) -> int:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        return -(e.errno or errno.EAGAIN)
+    if pid != 0:
+        return pid
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        util.close_fds(*server_fds, fds[1])
+        after_fork_in_child()
+        from . import bootstrap
+
+        bootstrap._inherited_fds = fds[2:]
+        data_fd = fds[0]
+        code = bootstrap.run_child(data_fd, parent_sentinel=data_fd)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        util._flush_std_streams()
+        os._exit(code)
+
+
+def _reap(status_fds: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, sts = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = status_fds.pop(pid, None)
+        if fd is not None:
+            try:
+                os.write(fd, _STATUS.pack(os.waitstatus_to_exitcode(sts)))
+            except OSError:
+                pass
+            util.close_fds(fd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("polyproc's fork server is started by polyproc itself")
