@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
-
 from . import process, reduction
 
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
 
 __all__ = [
     "ProcessError", "BufferTooShort", "TimeoutError", "AuthenticationError",

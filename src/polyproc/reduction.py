@@ -16,9 +16,12 @@ import os
 import pickle
 import socket
 import sys
-from typing import Any
 
 from . import context
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ForkingPickler", "register", "dump", "dumps", "loads", "DupFd", "sendfds", "recvfds",

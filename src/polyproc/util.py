@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = [
     "sub_debug", "debug", "info", "sub_warning", "get_logger", "log_to_stderr",
@@ -60,6 +61,8 @@ def sub_warning(msg: str, *args: Any) -> None:
 def get_logger() -> logging.Logger:
     """Return the logger used by polyproc, creating it on first use."""
     global _logger
+    import logging
+
     with logging._lock:  # type: ignore[attr-defined]
         if not _logger:
             _logger = logging.getLogger(LOGGER_NAME)
@@ -72,6 +75,8 @@ def get_logger() -> logging.Logger:
 def log_to_stderr(level: int | str | None = None) -> logging.Logger:
     """Make polyproc's logger print to stderr (and do so in children too)."""
     global _log_to_stderr
+    import logging
+
     logger = get_logger()
     formatter = logging.Formatter(DEFAULT_LOGGING_FORMAT)
     handler = logging.StreamHandler()
@@ -104,6 +109,9 @@ _temp_dir: str | None = None
 def get_temp_dir() -> str:
     """A private (0700) temporary directory for this process, removed when it exits."""
     global _temp_dir
+    import shutil
+    import tempfile
+
     if _temp_dir is None or not os.path.isdir(_temp_dir):
         _temp_dir = tempfile.mkdtemp(prefix="polyproc-")
         Finalize(None, shutil.rmtree, args=(_temp_dir, True), exitpriority=-100)

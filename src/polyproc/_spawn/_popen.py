@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import sys
-from typing import Any
 
 from .. import util
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Any
 
 _own_sentinel_fd: int | None = None  # write end of this process's death pipe (held until exit)
 
@@ -123,6 +125,8 @@ def set_executable(exe: str) -> None:
 
 def interpreter_args() -> list[str]:
     """Command-line flags that reproduce this interpreter's settings (-O, -X, -W, ...)."""
+    import subprocess
+
     fn = getattr(subprocess, "_args_from_interpreter_flags", None)
     return list(fn()) if fn is not None else []
 

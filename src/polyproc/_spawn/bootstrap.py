@@ -12,10 +12,14 @@ import pickle
 import runpy
 import sys
 import types
-from typing import Any
+
 
 from .. import process, util
 from . import _popen
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Any
 
 _inherited_fds: list[int] = []  # fds passed by the fork server, indexed by the parent's DupFd
 
