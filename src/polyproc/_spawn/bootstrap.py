@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 _inherited_fds: list[int] = []  # fds passed by the fork server, indexed by the parent's DupFd
 
 
-def get_preparation_data(name: str, method: str) -> dict[str, Any]:
-    """What a fresh child needs to reproduce this process's setup."""
+def get_preparation_data(name: str, method: str, popen: Any = None) -> dict[str, Any]:
+    """What a fresh child needs to reproduce this process's setup.
+
+    With ``popen`` (the child being started, while it pickles) the child also gets this
+    tree's resource tracker.
+    """
     current = process.current_process()
     data: dict[str, Any] = {
         "name": name,
@@ -37,6 +41,10 @@ def get_preparation_data(name: str, method: str) -> dict[str, Any]:
         "start_method": method,
         "log": util._logging_config(),
     }
+    if popen is not None:
+        from .._resources import tracker
+
+        data["tracker_fd"] = popen.DupFd(popen.duplicate_for_child(tracker.getfd()))
     main_module = sys.modules.get("__main__")
     spec = getattr(main_module, "__spec__", None)
     main_name = getattr(spec, "name", None)
@@ -71,6 +79,10 @@ def prepare(data: dict[str, Any]) -> None:
             pass
     if "orig_dir" in data:
         process.ORIGINAL_DIR = data["orig_dir"]
+    if "tracker_fd" in data:
+        from .._resources import tracker
+
+        tracker._tracker._set_inherited_fd(data["tracker_fd"].detach())
     if "start_method" in data:
         from .. import context
 

@@ -189,9 +189,9 @@ class Popen(PopenBase):
 
     def _launch(self, process_obj: Any) -> None:
         check_not_importing_main(self.method)
-        prep = get_preparation_data(process_obj._name, self.method)
         context.set_spawning_popen(self)
         try:
+            prep = get_preparation_data(process_obj._name, self.method, self)
             prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
             obj_data = reduction.dumps(process_obj)
         finally:
