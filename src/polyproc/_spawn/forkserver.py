@@ -2,8 +2,9 @@
 
 The server is a fresh interpreter that imports the preload modules (by default the parent's
 main module) once. The parent talks to it over a private socketpair: each request carries, with
-SCM_RIGHTS, the read end of the child's data pipe, the write end of the child's status pipe and
-any fds the Process carries. The server forks, answers with the pid, and when the child exits
+SCM_RIGHTS, the read end of the child's data pipe, the write end of the child's status pipe, the
+parent's current stdout and stderr (so the child's output goes where the parent's goes now, as
+with fork and spawn) and any fds the Process carries. The server forks, answers with the pid, and when the child exits
 writes its exit code into the status pipe: the parent's sentinel is that pipe's read end.
 """
 
@@ -171,6 +172,18 @@ class _IndexedFd:
         return bootstrap._inherited_fds[self.index]
 
 
+def _std_fds() -> list[int]:
+    """This process's stdout and stderr fds, or /dev/null where one is closed."""
+    fds = []
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)  # the server closes its copy after fork
+        fds.append(fd)
+    return fds
+
+
 class Popen(PopenBase):
     """Start ``process_obj`` as a child of the fork server."""
 
@@ -198,13 +211,14 @@ class Popen(PopenBase):
             context.set_spawning_popen(None)
         data_r, data_w = os.pipe()
         status_r, status_w = os.pipe()
+        std_fds = _std_fds()
         try:
-            self.pid = _forkserver.request([data_r, status_w, *self._fds])
+            self.pid = _forkserver.request([data_r, status_w, *std_fds, *self._fds])
         except BaseException:
             util.close_fds(data_w, status_r)
             raise
         finally:
-            util.close_fds(data_r, status_w)
+            util.close_fds(data_r, status_w, *(fd for fd in std_fds if fd > 2))
         self.sentinel = status_r
         self.finalizer = util.Finalize(self, util.close_fds, (status_r, data_w))
         write_frames(data_w, prep_data, obj_data)
@@ -306,7 +320,10 @@ def _fork_child(fds: list[int], server_fds: list[int]) -> int:
         after_fork_in_child()
         from . import bootstrap
 
-        bootstrap._inherited_fds = fds[2:]
+        os.dup2(fds[2], 1)
+        os.dup2(fds[3], 2)
+        util.close_fds(fds[2], fds[3])
+        bootstrap._inherited_fds = fds[4:]
         data_fd = fds[0]
         code = bootstrap.run_child(data_fd, parent_sentinel=data_fd)
     except BaseException:
