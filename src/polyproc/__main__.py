@@ -1,0 +1,47 @@
+"""Command line entry point: ``python -m polyproc {demo,info}`` (also installed as ``polyproc``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyproc",
+        description="polyproc: process-based parallelism with the multiprocessing API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "demo",
+        help="run the classic multiprocessing examples against polyproc",
+        description="Run the classic multiprocessing examples (Pool, ProcessPoolExecutor, "
+        "Process, Queue, contexts, Pipe) against polyproc.",
+    )
+    sub.add_parser(
+        "info",
+        help="show versions, start methods, CPU count and optional extras",
+        description="Show the polyproc and Python versions, the start methods, the CPU count "
+        "and which optional extras are installed.",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``polyproc`` command line with *argv* (default ``sys.argv[1:]``); return the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from ._cli import demo
+
+        return demo.run()
+    if args.command == "info":
+        from ._cli import info
+
+        return info.run()
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementation of the ``python -m polyproc`` subcommands (see ``polyproc.__main__``)."""

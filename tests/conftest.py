@@ -1,0 +1,154 @@
+"""Shared test setup: leak checks for child processes and /dev/shm entries.
+
+* Session level (automatic): when the last test has run, every child process of the pytest
+  process must have exited (after a short grace deadline), and /dev/shm must hold no new
+  polyproc entries. A leak makes the session fail with an error that lists what leaked;
+  the leaked processes are then killed and the entries unlinked.
+* Per test (opt-in): request the ``no_leaks`` fixture to check the same after that one test.
+
+Long-lived helper servers that live as long as their parent by design (the stdlib's and
+polyproc's forkserver, the stdlib's resource tracker) are not counted as leaks; the processes
+they started are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+#: Seconds leaked-looking children and /dev/shm entries get to go away before it counts.
+SESSION_GRACE = 10.0
+TEST_GRACE = 5.0
+
+SHM_DIR = "/dev/shm"
+
+#: Command-line fragments of helper servers that by design outlive the objects that started them.
+HELPER_MARKERS = (
+    "multiprocessing.forkserver",
+    "multiprocessing.resource_tracker",
+    "polyproc._spawn.forkserver",
+    "polyproc._resources.tracker",
+)
+
+
+def is_polyproc_shm_name(name: str) -> bool:
+    """True for /dev/shm names polyproc owns: containing ``polyproc`` or starting ``pp_``/``pp-``.
+
+    POSIX named semaphores appear as ``sem.<name>``, so that prefix is looked through.
+    """
+    base = name[4:] if name.startswith("sem.") else name
+    return "polyproc" in name or base.startswith(("pp_", "pp-"))
+
+
+def shm_entries() -> set[str]:
+    """The polyproc-owned names currently in /dev/shm (empty where there is no /dev/shm)."""
+    try:
+        return {name for name in os.listdir(SHM_DIR) if is_polyproc_shm_name(name)}
+    except OSError:
+        return set()
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        cmd = " ".join(proc.cmdline()) or proc.name()
+        return f"pid {proc.pid} [{proc.status()}] {cmd[:200]}"
+    except psutil.Error:
+        return f"pid {proc.pid} (gone)"
+
+
+def _is_helper(proc: psutil.Process) -> bool:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return any(marker in cmd for marker in HELPER_MARKERS)
+
+
+def live_children(exclude: Collection[int] = ()) -> list[psutil.Process]:
+    """Descendants of this process still running (not zombies), minus *exclude* and helpers."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid in exclude:
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:  # exited meanwhile
+            continue
+        if _is_helper(proc):
+            continue
+        found.append(proc)
+    return found
+
+
+@dataclass
+class Snapshot:
+    """What existed before: child pids and polyproc /dev/shm names."""
+
+    children: set[int]
+    shm: set[str]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        """Record the current child processes and polyproc /dev/shm entries."""
+        return cls({p.pid for p in psutil.Process().children(recursive=True)}, shm_entries())
+
+    def leaks(self, grace: float) -> list[str]:
+        """Poll until nothing new is left or *grace* seconds pass; describe what is left."""
+        deadline = time.monotonic() + grace
+        delay = 0.01
+        while True:
+            children = live_children(self.children)
+            shm = sorted(shm_entries() - self.shm)
+            if (not children and not shm) or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        report = [f"child process still alive: {_describe(p)}" for p in children]
+        report += [f"new /dev/shm entry: {SHM_DIR}/{name}" for name in shm]
+        _clean_up(children, shm)
+        return report
+
+
+def _clean_up(children: list[psutil.Process], shm: list[str]) -> None:
+    """Kill reported children and unlink reported entries, so one leak is reported once and an
+    orphan cannot keep the test run's output pipe open."""
+    for proc in children:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(children, timeout=5)
+    for name in shm:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(SHM_DIR, name))
+
+
+def _format(where: str, leaks: list[str], grace: float) -> str:
+    lines = "\n  ".join(leaks)
+    return f"{where}: {len(leaks)} leak(s) after a {grace:.0f}s grace period:\n  {lines}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_leak_check() -> Iterator[None]:
+    """Fail the session (as a teardown error) if children or /dev/shm entries outlive it."""
+    before = Snapshot.take()
+    yield
+    leaks = before.leaks(SESSION_GRACE)
+    if leaks:
+        pytest.fail(_format("polyproc leak check at end of test session", leaks, SESSION_GRACE),
+                    pytrace=False)
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Opt-in: fail the test if it leaves child processes or new /dev/shm entries behind."""
+    before = Snapshot.take()
+    yield
+    leaks = before.leaks(TEST_GRACE)
+    if leaks:
+        pytest.fail(_format("leak check after this test", leaks, TEST_GRACE), pytrace=False)
