@@ -55,7 +55,9 @@ def get_preparation_data(name: str, method: str, popen: Any = None) -> dict[str,
         if main_path is not None:
             if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
                 main_path = os.path.join(process.ORIGINAL_DIR, main_path)
-            data["init_main_from_path"] = os.path.normpath(main_path)
+            # '<stdin>' and friends: nothing to import (its functions travel by value).
+            if os.path.isfile(main_path):
+                data["init_main_from_path"] = os.path.normpath(main_path)
     return data
 
 

@@ -1,0 +1,1 @@
+"""Backends run the scheduler's batches: ``local`` (processes), ``threads``, ``dask``."""

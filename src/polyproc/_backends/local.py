@@ -1,0 +1,374 @@
+"""The local backend: worker processes on this machine, driven by one dispatcher thread.
+
+The dispatcher is a single selector loop over every worker's socket (results in, batches out,
+non-blocking both ways so neither side can block the other), every worker's sentinel (death)
+and a wakeup pipe (new work, consumed results, shutdown). A dead worker is just another event:
+the scheduler gives each task it held an outcome, and a replacement starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from .. import util
+from .._engine import wire, worker
+from .._engine.errors import BrokenProcessPool, describe_exit
+from .._engine.scheduler import Batch, Scheduler
+from .._engine.slots import Slots
+
+_WAKE, _SOCK, _SENTINEL = 0, 1, 2
+_STARTUP_FAILURES_LIMIT = 3
+
+
+class WorkerHandle:
+    """The dispatcher's view of one worker process."""
+
+    __slots__ = ("slot", "proc", "sock", "reader", "writer", "inflight", "known_fids", "pid",
+                 "sent", "timed_out", "eof", "dead", "writing", "completed")
+
+    def __init__(self, slot: int, proc: Any, sock: socket.socket) -> None:
+        self.slot = slot
+        self.proc = proc
+        self.sock = sock
+        self.reader = wire.FrameReader(sock)
+        self.writer = wire.FrameWriter(sock)
+        self.inflight: collections.deque[Batch] = collections.deque()
+        self.known_fids: set[int] = set()
+        self.pid = proc.pid
+        self.sent = 0
+        self.timed_out: tuple[int, int] | None = None
+        self.eof = False
+        self.dead = False
+        self.writing = False
+        self.completed = 0
+
+
+class LocalBackend:
+    """Runs a scheduler's batches on ``processes`` worker processes of context ``ctx``."""
+
+    def __init__(self, ctx: Any, processes: int, initializer: Any = None,
+                 initargs: tuple = (), maxtasksperchild: int | None = None,
+                 name: str = "PoolWorker") -> None:
+        self.ctx = ctx
+        self.n = processes
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.maxtasks = maxtasksperchild
+        self.name = name
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self.scheduler = Scheduler(processes, self.wakeup)
+        self.slots = Slots(processes)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+        self.workers: dict[int, WorkerHandle] = {}
+        self._counter = itertools.count(1)
+        self._closing = False  # no new work; stop when idle
+        self._terminating = False  # stop now
+        self._startup_failures = 0
+        self._fork = ctx.get_start_method() == "fork"
+        for slot in range(processes):
+            self._start_worker(slot)
+        self.thread = threading.Thread(target=self._run, name="polyproc-dispatcher",
+                                       daemon=True)
+        self.thread.start()
+
+    # ---------------------------------------------------------------- any thread
+
+    def wakeup(self) -> None:
+        """Make the dispatcher look at the scheduler again (cheap when already pending)."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Finish the submitted work, then stop the workers."""
+        self._closing = True
+        self.wakeup()
+
+    def terminate(self) -> None:
+        """Stop the workers now; tasks not done yet get a cancelled outcome."""
+        self._closing = self._terminating = True
+        self.wakeup()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self.workers.values())]
+
+    # ---------------------------------------------------------------- workers
+
+    def _start_worker(self, slot: int) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        close_fds: tuple[int, ...] = ()
+        if self._fork:
+            # A forked worker inherits every fd of ours; close the pool's private ones.
+            close_fds = (self._wake_r, self._wake_w, parent_sock.fileno(), self.sel.fileno(),
+                         *(w.sock.fileno() for w in self.workers.values()))
+        self.slots.reset(slot)
+        proc = self.ctx.Process(
+            target=worker.main,
+            args=(child_sock, self.slots, slot, self.initializer, self.initargs, self.maxtasks,
+                  close_fds),
+            name=f"{self.name}-{next(self._counter)}", daemon=True)
+        try:
+            proc.start()
+        finally:
+            child_sock.close()
+        parent_sock.setblocking(False)
+        w = WorkerHandle(slot, proc, parent_sock)
+        self.workers[slot] = w
+        self.sel.register(parent_sock, selectors.EVENT_READ, (_SOCK, w))
+        self.sel.register(proc.sentinel, selectors.EVENT_READ, (_SENTINEL, w))
+
+    def _fill(self) -> None:
+        """Give every worker with spare capacity a batch."""
+        sched = self.scheduler
+        for w in list(self.workers.values()):
+            if w.dead or w.eof:
+                continue
+            while len(w.inflight) < self._depth(w):
+                limit = None
+                if self.maxtasks:
+                    limit = self.maxtasks - w.sent
+                    if limit <= 0:
+                        break
+                batch = sched.next_batch(w, limit)
+                if batch is None:
+                    return
+                try:
+                    payload, fds = wire.dumps(sched.batch_message(batch, w.known_fids))
+                except Exception as e:
+                    sched.unsend(batch, e)
+                    continue
+                w.inflight.append(batch)
+                w.sent += len(batch)
+                w.writer.push(payload, fds)
+                self._flush(w)
+
+    def _depth(self, w: WorkerHandle) -> int:
+        # A second batch queued behind the running one hides the round trip, but only pays
+        # when batches are short; long ones would wait behind it while a worker idles.
+        if not w.inflight:
+            return 1
+        job = w.inflight[-1].job
+        if job is None or job.cost_ns is None:
+            return 1
+        return 2 if job.cost_ns * len(w.inflight[-1]) < 20_000_000 else 1
+
+    def _flush(self, w: WorkerHandle) -> None:
+        try:
+            done = w.writer.flush()
+        except OSError:
+            return  # the worker died; its sentinel will tell
+        if done != (not w.writing):
+            return
+        w.writing = not done
+        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        try:
+            self.sel.modify(w.sock, events, (_SOCK, w))
+        except (KeyError, ValueError):
+            pass
+
+    # ---------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug here must not hang callers: fail everything
+            import traceback
+
+            traceback.print_exc()
+            self.scheduler.fail_all(BrokenProcessPool(f"the pool's dispatcher failed: {e!r}"))
+        finally:
+            self._shutdown_workers()
+
+    def _loop(self) -> None:
+        sched = self.scheduler
+        while True:
+            if self._terminating:
+                sched.cancel_pending()
+                return
+            if not self._closing or not sched.idle():
+                self._fill()
+            elif self._closing and sched.idle():
+                return
+            for key, mask in self.sel.select(self._timer()):
+                kind, w = key.data
+                if kind == _WAKE:
+                    self._wake_pending = False
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif kind == _SOCK:
+                    if mask & selectors.EVENT_READ:
+                        self._read(w)
+                    if mask & selectors.EVENT_WRITE and not w.dead:
+                        self._flush(w)
+                elif not w.dead:
+                    self._on_death(w)
+            if sched.running_jobs_with_timeout():
+                self._check_timeouts()
+
+    def _read(self, w: WorkerHandle) -> None:
+        try:
+            frames = w.reader.read()
+        except (EOFError, OSError):
+            w.eof = True
+            try:
+                self.sel.unregister(w.sock)
+            except (KeyError, ValueError):
+                pass
+            return
+        for payload, fds in frames:
+            self._on_message(w, wire.loads(payload, fds))
+
+    def _on_message(self, w: WorkerHandle, msg: Any) -> None:
+        if msg[0] == "init":
+            err = BrokenProcessPool(
+                f"the pool's initializer raised {type(msg[1]).__name__} in worker pid {w.pid}; "
+                "the pool cannot run tasks. Fix the initializer (its traceback is the cause).")
+            err.__cause__ = msg[1]
+            self.scheduler.fail_all(err)
+            self._closing = True
+            return
+        batch_id, values, errors, elapsed = msg
+        if w.inflight and w.inflight[0].id == batch_id:
+            w.inflight.popleft()
+        else:
+            w.inflight = collections.deque(b for b in w.inflight if b.id != batch_id)
+        w.completed += 1
+        self._startup_failures = 0
+        self.scheduler.complete(batch_id, values, errors, elapsed, w.pid)
+
+    def _on_death(self, w: WorkerHandle) -> None:
+        # Results it sent before dying still count: read the socket to its end first.
+        while not w.eof and wire_has_data(w.sock):
+            self._read(w)
+        w.dead = True
+        running = self.slots.read(w.slot)
+        w.proc.join(5)
+        exitcode = w.proc.exitcode
+        for key in (w.sock, w.proc.sentinel):
+            try:
+                self.sel.unregister(key)
+            except (KeyError, ValueError):
+                pass
+        w.reader.close()
+        w.writer.close()
+        w.sock.close()
+        w.proc.close() if exitcode is not None else None
+        del self.workers[w.slot]
+        if w.inflight:
+            self.scheduler.worker_lost(list(w.inflight), (running[0], running[1]), w.pid,
+                                       exitcode, w.timed_out)
+            w.inflight.clear()
+        if (exitcode != 0 and w.completed == 0 and running[0] == 0
+                and w.timed_out is None and not self._terminating):
+            # It died before starting any batch: it can't even start (e.g. the main module
+            # or the initializer crashes it). Don't respawn forever.
+            self._startup_failures += 1
+            if self._startup_failures >= _STARTUP_FAILURES_LIMIT * self.n:
+                self.scheduler.fail_all(BrokenProcessPool(
+                    f"pool workers keep dying before running any task (the last, pid {w.pid}, "
+                    f"{describe_exit(exitcode)}); check the initializer and what the workers "
+                    "import (its error output is above)"))
+                self._closing = True
+        if not self._terminating and not (self._closing and self.scheduler.idle()):
+            self._start_worker(w.slot)
+
+    # ---------------------------------------------------------------- timeouts
+
+    def _timer(self) -> float | None:
+        return 0.02 if self.scheduler.running_jobs_with_timeout() else None
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic_ns()
+        for w in list(self.workers.values()):
+            if w.dead or not w.inflight or w.timed_out is not None:
+                continue
+            batch_id, pos, start_ns, _pid = self.slots.read(w.slot)
+            if pos < 0:
+                continue
+            for batch in w.inflight:
+                if batch.id == batch_id:
+                    break
+            else:
+                continue
+            if pos >= len(batch):
+                continue
+            timeout = batch.job_at(pos).timeout
+            if timeout is not None and now - start_ns > timeout * 1e9:
+                w.timed_out = (batch_id, pos)
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # ---------------------------------------------------------------- shutdown
+
+    def _shutdown_workers(self) -> None:
+        workers = list(self.workers.values())
+        for w in workers:
+            try:
+                if self._terminating:
+                    w.proc.terminate()
+                else:
+                    w.sock.setblocking(True)
+                    wire.send(w.sock, wire.dumps(worker.STOP)[0])
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 5
+        for w in workers:
+            try:
+                w.proc.join(max(0.0, deadline - time.monotonic()))
+                if w.proc.exitcode is None:
+                    w.proc.kill()
+                    w.proc.join(5)
+            except (OSError, ValueError, AssertionError):
+                pass
+            w.reader.close()
+            w.writer.close()
+            try:
+                w.sock.close()
+            except OSError:
+                pass
+        self.workers.clear()
+        # Anything still waiting (terminate, or a dispatcher failure) gets its outcome now.
+        self.scheduler.fail_all(_terminated_error()) if not self.scheduler.idle() else None
+        try:
+            self.sel.close()
+        except OSError:
+            pass
+        util.close_fds(self._wake_r, self._wake_w)
+
+
+def _terminated_error() -> BaseException:
+    from concurrent.futures import CancelledError
+
+    return CancelledError("the pool was terminated before this task finished")
+
+
+def wire_has_data(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False

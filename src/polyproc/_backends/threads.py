@@ -1,0 +1,111 @@
+"""The thread backend (``ThreadPool``): worker threads that run batches directly.
+
+Nothing is pickled: threads take the job's function and arguments as they are. Per-task
+timeouts cannot stop a thread, so they are refused; a thread cannot die, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from .._engine.scheduler import Batch, Scheduler
+
+
+class ThreadBackend:
+    """Runs a scheduler's batches on ``n`` threads."""
+
+    def __init__(self, n: int, initializer: Any = None, initargs: tuple = ()) -> None:
+        self.n = n
+        self._cond = threading.Condition(threading.Lock())
+        self._generation = 0
+        self._closing = False
+        self._terminating = False
+        self.scheduler = Scheduler(n, self.wakeup)
+        self._threads = [
+            threading.Thread(target=self._work, args=(initializer, initargs), daemon=True,
+                             name=f"polyproc-thread-worker-{i + 1}")
+            for i in range(n)
+        ]
+        for t in self._threads:
+            t.start()
+        self.thread = threading.Thread(target=self._reaper, daemon=True,
+                                       name="polyproc-thread-pool")
+        self.thread.start()
+
+    def wakeup(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self._closing = True
+        self.wakeup()
+
+    def terminate(self) -> None:
+        self._closing = self._terminating = True
+        self.scheduler.cancel_pending()
+        self.wakeup()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return []
+
+    def _reaper(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def _work(self, initializer: Any, initargs: tuple) -> None:
+        if initializer is not None:
+            initializer(*initargs)
+        sched = self.scheduler
+        while True:
+            seen = self._generation
+            if self._terminating:
+                return
+            batch = sched.next_batch(self)
+            if batch is not None:
+                values, errors, elapsed = _run(batch)
+                sched.complete(batch.id, values, errors, elapsed)
+                continue
+            if self._closing and sched.idle():
+                self.wakeup()  # let the other threads see it too
+                return
+            with self._cond:
+                if self._generation == seen:
+                    self._cond.wait(0.5)
+
+
+def _run(batch: Batch) -> tuple[list, dict | None, int]:
+    import time
+
+    t0 = time.monotonic_ns()
+    values: list = []
+    errors: dict | None = None
+    if batch.job is not None:
+        func = batch.job.func
+        mapper = itertools.starmap if batch.job.star else map
+        it = iter(batch.items)
+        while True:
+            try:
+                values.extend(mapper(func, it))
+                break
+            except Exception as e:
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = e
+                values.append(None)
+    else:
+        for pos, (_fid, args, kwargs) in enumerate(batch.items):
+            try:
+                values.append(batch.jobs[pos].func(*args, **kwargs))  # type: ignore[index]
+            except Exception as e:
+                if errors is None:
+                    errors = {}
+                errors[pos] = e
+                values.append(None)
+    return values, errors, time.monotonic_ns() - t0

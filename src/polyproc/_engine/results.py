@@ -1,0 +1,266 @@
+"""What callers wait on: each class receives a job's task outcomes from the scheduler.
+
+The scheduler calls ``deliver(index, ok, value)`` once per task and ``finish()`` when the job
+has no task left; ``unconsumed()`` tells it how many outcomes wait for the caller (the
+backpressure that keeps ``imap`` memory bounded). ``AsyncResult``, ``MapResult``,
+``IMapIterator`` and ``IMapUnorderedIterator`` are the stdlib Pool's result types.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from concurrent.futures import CancelledError as _CancelledError
+
+from ..context import TimeoutError as ProcessTimeoutError
+
+__all__ = ["AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
+           "FutureSink"]
+
+
+class ResultSink:
+    """Base of everything that receives outcomes from the scheduler."""
+
+    wakeup: Callable[[], None] | None = None  # set by the scheduler: call when consumed
+
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once, after the last ``deliver`` (also when the job had no task)."""
+
+    def unconsumed(self) -> int:
+        return 0
+
+    def cancelled(self) -> bool:
+        return False
+
+    def start(self) -> bool:
+        """Called before the job's first task is sent; False means 'cancelled, skip it'."""
+        return True
+
+
+class AsyncResult(ResultSink):
+    """The result of ``apply_async``/``map_async``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(self, callback: Callable[[Any], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising (ValueError if not ready yet)."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is available or ``timeout`` seconds pass."""
+        _wait_event(self._event, timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result, or raise the task's exception; TimeoutError if not ready in time."""
+        self.wait(timeout)
+        if not self.ready():
+            raise ProcessTimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, ok: bool, value: Any) -> None:
+        self._success, self._value = ok, value
+        if ok and self._callback is not None:
+            _call_quietly(self._callback, value)
+        if not ok and self._error_callback is not None:
+            _call_quietly(self._error_callback, value)
+        self._event.set()
+
+    __class_getitem__ = classmethod(lambda cls, item: cls)  # type: ignore[assignment]
+
+
+ApplyResult = AsyncResult
+
+
+class _ApplySink(AsyncResult):
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        self._set(ok, value)
+
+
+class MapResult(AsyncResult):
+    """Result of ``map_async``/``starmap_async``: the list of values in input order.
+
+    Like the stdlib, it is ready as soon as one task fails (with that task's exception);
+    the other tasks still run, each to its own outcome.
+    """
+
+    def __init__(self, length: int, callback: Callable[[Any], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
+        super().__init__(callback, error_callback)
+        self._values: list[Any] = [None] * length
+        self._remaining = length
+        self._failed = False
+        if length == 0:
+            self._set(True, [])
+
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        if self._failed:
+            return
+        if not ok:
+            self._failed = True
+            self._values = []
+            self._set(False, value)
+            return
+        self._values[index] = value
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._set(True, self._values)
+
+
+class _IterBase(ResultSink):
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._done = False
+        self._closed = False
+
+    def __iter__(self) -> _IterBase:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next value; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found, ok, value = self._pop()
+                if found:
+                    break
+                if self._done:
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ProcessTimeoutError
+                # Bounded waits keep Ctrl-C responsive whatever the platform's lock does.
+                self._cond.wait(0.25 if remaining is None else min(remaining, 0.25))
+        if self.wakeup is not None:
+            self.wakeup()
+        if ok:
+            return value
+        raise value
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop running the rest of the input (tasks already sent still finish)."""
+        self._closed = True
+
+    def cancelled(self) -> bool:
+        return self._closed
+
+    def _pop(self) -> tuple[bool, bool, Any]:
+        raise NotImplementedError
+
+
+class IMapIterator(_IterBase):
+    """Iterator over ``imap`` results in input order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer: dict[int, tuple[bool, Any]] = {}
+        self._next_index = 0
+
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._buffer[index] = (ok, value)
+            if index == self._next_index:
+                self._cond.notify()
+
+    def _pop(self) -> tuple[bool, bool, Any]:
+        item = self._buffer.pop(self._next_index, None)
+        if item is None:
+            return False, False, None
+        self._next_index += 1
+        return True, item[0], item[1]
+
+    def unconsumed(self) -> int:
+        return len(self._buffer)
+
+
+class IMapUnorderedIterator(_IterBase):
+    """Iterator over ``imap_unordered`` results in completion order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()
+
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._buffer.append((ok, value))
+            self._cond.notify()
+
+    def _pop(self) -> tuple[bool, bool, Any]:
+        if not self._buffer:
+            return False, False, None
+        ok, value = self._buffer.popleft()
+        return True, ok, value
+
+    def unconsumed(self) -> int:
+        return len(self._buffer)
+
+
+class FutureSink(ResultSink):
+    """Feeds a ``concurrent.futures.Future`` (one task)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def start(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def deliver(self, index: int, ok: bool, value: Any) -> None:
+        if ok:
+            self.future.set_result(value)
+        elif isinstance(value, _CancelledError) and self.future.cancel():
+            return  # never started: a real cancellation
+        else:
+            try:
+                self.future.set_exception(value)
+            except Exception:  # already cancelled or set
+                pass
+
+
+def _wait_event(event: threading.Event, timeout: float | None) -> None:
+    if timeout is not None:
+        event.wait(timeout)
+        return
+    while not event.wait(0.25):  # bounded waits keep Ctrl-C responsive
+        pass
+
+
+def _call_quietly(fn: Callable[[Any], object], arg: Any) -> None:
+    try:
+        fn(arg)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()

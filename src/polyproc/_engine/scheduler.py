@@ -1,0 +1,475 @@
+"""The scheduler: which tasks go to which worker, and what becomes of each task.
+
+Backends ask ``next_batch(worker)`` when a worker can take work, and report back with
+``complete``, ``worker_lost`` or ``timed_out``. Every task of every job reaches exactly one
+outcome through its job's result sink: a value, the task's exception, ``WorkerLostError``
+(its worker died; retried first if the job allows), ``TaskTimeoutError``, or cancellation.
+
+Chunking is adaptive: a job starts with one task per batch, measures the cost per task that
+workers report, and grows batches (by at most ``GROWTH`` per step) toward ``TARGET_NS`` of
+work, capped so the tail of a known-length job still spreads over every worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import pickle
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import reduction
+from .errors import TaskTimeoutError, WorkerLostError, describe_exit
+from .results import ResultSink
+
+TARGET_NS = 4_000_000  # aim for ~4 ms of work per batch
+GROWTH = 8
+MAX_UNKNOWN_CHUNK = 4096  # cap for inputs of unknown length (keeps imap memory flat)
+MIXED = -1
+
+
+class Job:
+    """A call to map/imap/apply/submit: a function, its task arguments and a result sink."""
+
+    __slots__ = (
+        "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
+        "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
+        "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
+        "progress",
+        "__weakref__",
+    )
+
+    def __init__(self, name: str, func: Callable[..., Any], source: Iterator[Any], sink: ResultSink,
+                 *, length: int | None = None, star: bool = False,
+                 kwargs: dict[str, Any] | None = None, chunksize: int | None = None,
+                 retries: int = 0, timeout: float | None = None, window: int | None = None,
+                 single: bool = False) -> None:
+        self.id = 0
+        self.name = name
+        self.func = func
+        self.fid = 0
+        self.star = star
+        self.kwargs = kwargs
+        self.source = source
+        self.length = length
+        self.chunksize = chunksize
+        self.sink = sink
+        self.retries = retries
+        self.timeout = timeout
+        self.window = window
+        self.single = single
+        self.next_index = 0
+        self.exhausted = False
+        self.inflight = 0
+        self.requeue: collections.deque[tuple[int, Any, bool]] = collections.deque()
+        self.attempts: dict[int, int] = {}
+        self.cost_ns: float | None = None
+        self.last_size = 0
+        self.finished = False
+        self.blocked = False
+        self.progress: Any = None
+
+    def has_work(self) -> bool:
+        if self.requeue:
+            return True
+        if self.exhausted:
+            return False
+        if self.window is not None:
+            return self.inflight + self.sink.unconsumed() < self.window
+        return True
+
+    def take(self, n: int) -> tuple[list[int], list[Any], bool]:
+        """Up to ``n`` tasks: (indices, args, isolated). Requeued tasks come first."""
+        if self.requeue:
+            index, args, isolate = self.requeue[0]
+            if isolate:
+                self.requeue.popleft()
+                return [index], [args], True
+            indices, items = [], []
+            while self.requeue and len(indices) < n and not self.requeue[0][2]:
+                index, args, _ = self.requeue.popleft()
+                indices.append(index)
+                items.append(args)
+            return indices, items, False
+        if self.window is not None:
+            n = max(1, min(n, self.window - self.inflight - self.sink.unconsumed()))
+        items = list(itertools.islice(self.source, n))
+        start = self.next_index
+        self.next_index += len(items)
+        if len(items) < n:
+            self.exhausted = True
+            self.source = iter(())
+        return list(range(start, start + len(items))), items, False
+
+
+class Batch:
+    """Tasks sent together to one worker."""
+
+    __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "worker", "isolated")
+
+    def __init__(self, job: Job | None, jobs: list[Job] | None, indices: list[int],
+                 items: list[Any], precise: bool, isolated: bool = False) -> None:
+        self.id = 0
+        self.job = job
+        self.jobs = jobs
+        self.indices = indices
+        self.items = items
+        self.precise = precise
+        self.worker: Any = None
+        self.isolated = isolated
+
+    def job_at(self, pos: int) -> Job:
+        return self.job if self.job is not None else self.jobs[pos]  # type: ignore[index]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Scheduler:
+    """Bookkeeping shared by every backend: pending jobs, batches in flight, outcomes."""
+
+    def __init__(self, n_workers: int, wakeup: Callable[[], None]) -> None:
+        self.n_workers = n_workers
+        self.lock = threading.RLock()
+        self.pending: collections.deque[Job] = collections.deque()
+        self.batches: dict[int, Batch] = {}
+        self._job_ids = itertools.count(1)
+        self._batch_ids = itertools.count(1)
+        self._fids = itertools.count(1)
+        self._func_ids: dict[int, tuple[Any, int]] = {}  # id(func) -> (func, fid)
+        self._func_blobs: dict[int, bytes] = {}
+        self._func_cost: dict[int, float] = {}
+        self.jobs: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
+        self.active: dict[int, Job] = {}
+        self.wakeup = wakeup
+        self.broken: BaseException | None = None
+
+    # ---------------------------------------------------------------- submitting
+
+    def submit(self, job: Job) -> None:
+        """Queue a job (any thread)."""
+        with self.lock:
+            if self.broken is not None:
+                self._fail_job_now(job, self.broken)
+                return
+            job.id = next(self._job_ids)
+            job.fid = self._fid_for(job.func)
+            job.sink.wakeup = lambda: self._consumed(job)
+            self.active[job.id] = job
+            self.pending.append(job)
+        self.wakeup()
+
+    def _consumed(self, job: Job) -> None:
+        # The caller took an outcome: a job held back by its window may go on.
+        if job.blocked:
+            job.blocked = False
+            self.wakeup()
+
+    def _fid_for(self, func: Any) -> int:
+        entry = self._func_ids.get(id(func))
+        if entry is not None and entry[0] is func:
+            return entry[1]
+        if len(self._func_ids) > 4096:
+            self._func_ids.clear()
+        fid = next(self._fids)
+        self._func_ids[id(func)] = (func, fid)
+        return fid
+
+    def func_blob(self, job: Job) -> bytes:
+        """The function of ``job``, pickled once (cloudpickle for lambdas and closures)."""
+        blob = self._func_blobs.get(job.fid)
+        if blob is None:
+            blob = bytes(reduction.dumps(job.func, pickle.HIGHEST_PROTOCOL))
+            if len(self._func_blobs) > 4096:
+                self._func_blobs.clear()
+            self._func_blobs[job.fid] = blob
+        return blob
+
+    # ---------------------------------------------------------------- dispatching
+
+    def next_batch(self, worker: Any, limit: int | None = None) -> Batch | None:
+        """The next batch for ``worker`` (at most ``limit`` tasks), or None if none now."""
+        with self.lock:
+            pending = self.pending
+            for _ in range(len(pending)):
+                job = pending[0]
+                if job.finished or (not job.requeue and job.exhausted):
+                    pending.popleft()
+                    self._maybe_finish(job)
+                    continue
+                if job.sink.cancelled() and not job.requeue:
+                    job.exhausted = True
+                    pending.popleft()
+                    self._maybe_finish(job)
+                    continue
+                job.blocked = True  # before has_work(): a consumer racing us will wake us
+                if not job.has_work():
+                    pending.rotate(-1)
+                    continue
+                job.blocked = False
+                batch = self._single_batch(limit) if job.single else self._map_batch(job, limit)
+                if batch is None:
+                    continue
+                batch.id = next(self._batch_ids)
+                batch.worker = worker
+                self.batches[batch.id] = batch
+                return batch
+            return None
+
+    def _map_batch(self, job: Job, limit: int | None) -> Batch | None:
+        size = self._chunk_size(job)
+        if limit is not None:
+            size = min(size, limit)
+        try:
+            indices, items, isolated = job.take(size)
+        except BaseException as e:  # the caller's input iterator raised
+            job.exhausted = True
+            self.pending.remove(job)
+            job.sink.deliver(job.next_index, False, e)
+            self._fail_rest(job)
+            return None
+        if not indices:
+            self.pending.remove(job)
+            self._maybe_finish(job)
+            return None
+        job.inflight += len(indices)
+        job.last_size = len(indices)
+        if job.exhausted and not job.requeue and self.pending and self.pending[0] is job:
+            self.pending.popleft()
+        return Batch(job, None, indices, items, precise=job.timeout is not None or isolated,
+                     isolated=isolated)
+
+    def _single_batch(self, limit: int | None) -> Batch | None:
+        """Pack queued single calls (apply/submit) into one batch, sized by their cost."""
+        pending = self.pending
+        jobs: list[Job] = []
+        items: list[Any] = []
+        want = None
+        while pending and pending[0].single:
+            job = pending[0]
+            if want is None:
+                cost = self._func_cost.get(job.fid)
+                singles = sum(1 for j in itertools.islice(pending, 0, 512) if j.single)
+                want = 1 if cost is None else max(1, min(
+                    int(TARGET_NS / max(cost, 1.0)), -(-singles // self.n_workers), 256))
+                if limit is not None:
+                    want = min(want, limit)
+            pending.popleft()
+            if job.requeue:
+                index, args, _ = job.requeue.popleft()
+                if job.requeue:
+                    pending.appendleft(job)
+            elif job.exhausted or job.finished:
+                continue
+            else:
+                if not job.sink.start():  # cancelled before it ran
+                    job.exhausted = True
+                    self._maybe_finish(job)
+                    continue
+                index, args = 0, next(job.source)
+                job.exhausted = True
+            job.inflight += 1
+            jobs.append(job)
+            items.append((job.fid, args, job.kwargs or {}))
+            if len(jobs) >= want:
+                break
+        if not jobs:
+            return None
+        return Batch(None, jobs, [0] * len(jobs), items, precise=True, isolated=len(jobs) == 1)
+
+    def _chunk_size(self, job: Job) -> int:
+        if job.chunksize:
+            return job.chunksize
+        if job.cost_ns is None:
+            return 1
+        size = int(TARGET_NS / max(job.cost_ns, 1.0))
+        size = max(1, min(size, job.last_size * GROWTH))
+        if job.length is not None:
+            cap = -(-job.length // (self.n_workers * 4))
+        else:
+            cap = MAX_UNKNOWN_CHUNK
+        return max(1, min(size, cap))
+
+    def batch_message(self, batch: Batch, known_fids: set[int]) -> tuple:
+        """The message a worker gets for ``batch`` (functions it lacks included)."""
+        new_funcs: dict[int, bytes] = {}
+        if batch.job is not None:
+            job = batch.job
+            if job.fid not in known_fids:
+                new_funcs[job.fid] = self.func_blob(job)
+                known_fids.add(job.fid)
+            return (batch.id, new_funcs, job.fid, job.star, batch.items, batch.precise)
+        for job in batch.jobs:  # type: ignore[union-attr]
+            if job.fid not in known_fids:
+                new_funcs[job.fid] = self.func_blob(job)
+                known_fids.add(job.fid)
+        return (batch.id, new_funcs, MIXED, False, batch.items, True)
+
+    def unsend(self, batch: Batch, error: BaseException) -> None:
+        """A batch could not be sent (e.g. its arguments can't be pickled): fail its tasks."""
+        with self.lock:
+            self.batches.pop(batch.id, None)
+            for pos in range(len(batch)):
+                job = batch.job_at(pos)
+                job.inflight -= 1
+                self._deliver(job, batch.indices[pos], False, error)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def complete(self, batch_id: int, values: list[Any], errors: dict[int, Any] | None,
+                 elapsed_ns: int, pid: int | None = None) -> Batch | None:
+        """A worker finished a batch: deliver each task's outcome."""
+        with self.lock:
+            batch = self.batches.pop(batch_id, None)
+            if batch is None:
+                return None
+            n = len(batch)
+            if batch.job is not None:
+                job = batch.job
+                per = elapsed_ns / n
+                job.cost_ns = per if job.cost_ns is None else 0.5 * (job.cost_ns + per)
+            else:
+                for job in batch.jobs:  # type: ignore[union-attr]
+                    old = self._func_cost.get(job.fid)
+                    per = elapsed_ns / n
+                    self._func_cost[job.fid] = per if old is None else 0.5 * (old + per)
+            for pos in range(n):
+                job = batch.job_at(pos)
+                job.inflight -= 1
+                if errors and pos in errors:
+                    exc = errors[pos]
+                    _annotate(exc, job, batch.indices[pos], pid)
+                    self._deliver(job, batch.indices[pos], False, exc)
+                else:
+                    self._deliver(job, batch.indices[pos], True, values[pos])
+            return batch
+
+    def worker_lost(self, batches: list[Batch], running: tuple[int, int], pid: int | None,
+                    exitcode: int | None, timed_out: tuple[int, int] | None = None) -> None:
+        """A worker died holding ``batches``; ``running`` is its (batch id, position) row."""
+        with self.lock:
+            for batch in batches:
+                if self.batches.pop(batch.id, None) is None:
+                    continue
+                running_here = running[0] == batch.id
+                culprit = None
+                if running_here and (running[1] >= 0 or len(batch) == 1):
+                    culprit = max(running[1], 0)
+                for pos in range(len(batch)):
+                    job = batch.job_at(pos)
+                    index = batch.indices[pos]
+                    args = batch.items[pos] if batch.job is not None else batch.items[pos][1]
+                    job.inflight -= 1
+                    if pos == culprit:
+                        if timed_out is not None and timed_out == (batch.id, pos):
+                            err: BaseException = TaskTimeoutError(
+                                f"task {index} of {job.name}() ran longer than its timeout of "
+                                f"{job.timeout} s; worker pid {pid} was stopped and replaced")
+                            self._deliver(job, index, False, err)
+                            continue
+                        tries = job.attempts.get(index, 0) + 1
+                        if tries <= job.retries:
+                            job.attempts[index] = tries
+                            self._requeue(job, index, args, isolate=True)
+                            continue
+                        self._deliver(job, index, False, WorkerLostError(
+                            f"worker pid {pid} {describe_exit(exitcode)} while running task "
+                            f"{index} of {job.name}()"
+                            + (f" (after {tries} attempts)" if tries > 1 else "")
+                            + "; the pool replaced the worker and ran the other tasks. If the "
+                            "task needs more memory than the worker may use, or crashes the "
+                            "interpreter, fix that; pass retries=N to run such tasks again."))
+                    else:
+                        # Not the culprit (or unknown: a fast batch): run it again; a batch
+                        # whose culprit is unknown is re-run task by task to find it.
+                        self._requeue(job, index, args, isolate=running_here and culprit is None)
+
+    def _requeue(self, job: Job, index: int, args: Any, isolate: bool) -> None:
+        job.requeue.append((index, args, isolate))
+        if job not in self.pending:
+            self.pending.appendleft(job)
+
+    def fail_all(self, error: BaseException) -> None:
+        """The pool cannot run anything (e.g. its initializer fails): fail every task."""
+        with self.lock:
+            self.broken = error
+            for batch in list(self.batches.values()):
+                for pos in range(len(batch)):
+                    job = batch.job_at(pos)
+                    job.inflight -= 1
+                    self._deliver(job, batch.indices[pos], False, error)
+            self.batches.clear()
+            for job in list(self.active.values()):
+                self._fail_rest(job, error)
+            self.pending.clear()
+
+    def cancel_pending(self, error: BaseException | None = None) -> None:
+        """Give every task not yet sent its final outcome (cancelled, or ``error``)."""
+        with self.lock:
+            for job in list(self.pending):
+                self._fail_rest(job, error)
+            self.pending.clear()
+
+    def _fail_rest(self, job: Job, error: BaseException | None = None) -> None:
+        """Every task of ``job`` not sent yet fails with ``error`` (or is cancelled)."""
+        while job.requeue:
+            index, _args, _ = job.requeue.popleft()
+            self._deliver(job, index, False, error or _cancelled())
+        if not job.exhausted:
+            if job.single:
+                job.exhausted = True
+                self._deliver(job, 0, False, error or _cancelled())
+            elif error is not None and job.length is not None:
+                for index in range(job.next_index, job.length):
+                    self._deliver(job, index, False, error)
+                job.exhausted = True
+            else:
+                job.exhausted = True
+        self._maybe_finish(job)
+
+    def _fail_job_now(self, job: Job, error: BaseException) -> None:
+        job.sink.wakeup = self.wakeup
+        if job.single:
+            if job.sink.start():
+                job.sink.deliver(0, False, error)
+        elif job.length is not None:
+            for index in range(job.length):
+                job.sink.deliver(index, False, error)
+        job.sink.finish()
+
+    def _deliver(self, job: Job, index: int, ok: bool, value: Any) -> None:
+        job.sink.deliver(index, ok, value)
+        if job.progress is not None:
+            job.progress(1)
+        self._maybe_finish(job)
+
+    def _maybe_finish(self, job: Job) -> None:
+        if not job.finished and job.exhausted and job.inflight == 0 and not job.requeue:
+            job.finished = True
+            self.active.pop(job.id, None)
+            if job.progress is not None:
+                job.progress.close()
+            job.sink.finish()
+
+    def idle(self) -> bool:
+        """No job has work left or in flight."""
+        with self.lock:
+            return not self.active
+
+    def running_jobs_with_timeout(self) -> bool:
+        return any(j.timeout is not None for j in self.active.values())
+
+
+def _cancelled() -> BaseException:
+    from concurrent.futures import CancelledError
+
+    return CancelledError("the pool was shut down before this task ran")
+
+
+def _annotate(exc: BaseException, job: Job, index: int, pid: int | None) -> None:
+    try:
+        exc.add_note(f"(raised by task {index} of {job.name}() in worker pid {pid})")
+    except Exception:
+        pass

@@ -1,0 +1,193 @@
+"""``polyproc.futures``: ``concurrent.futures`` with a ProcessPoolExecutor on polyproc's engine.
+
+``import polyproc.futures as concurrent_futures`` is a drop-in for process pools. The futures
+are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` and
+``asyncio.wrap_future`` work. Differences from the stdlib executor, with compatible defaults:
+
+* ``map`` reads its input lazily with a bounded window (the stdlib submits everything first)
+  and chunks adaptively when ``chunksize`` is not given.
+* A worker that dies fails only the tasks it held, with ``WorkerLostError`` (a
+  ``BrokenExecutor``), instead of breaking the whole executor; ``retries=N`` runs such tasks
+  again. ``task_timeout=`` stops a worker running an overdue task (``TaskTimeoutError``).
+* ``max_tasks_per_child`` works with every start method, fork included.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    BrokenExecutor,
+    CancelledError,
+    Executor,
+    Future,
+    InvalidStateError,
+    ThreadPoolExecutor,
+    TimeoutError,
+    as_completed,
+    wait,
+)
+from typing import Any
+
+from . import util
+from ._engine.errors import BrokenProcessPool, TaskTimeoutError, WorkerLostError
+from ._engine.results import FutureSink, IMapIterator
+from ._engine.scheduler import Job
+from .context import TimeoutError as _ProcessTimeoutError
+
+__all__ = [
+    "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", "CancelledError", "TimeoutError",
+    "BrokenExecutor", "InvalidStateError", "Future", "Executor", "wait", "as_completed",
+    "ProcessPoolExecutor", "ThreadPoolExecutor", "BrokenProcessPool", "WorkerLostError",
+    "TaskTimeoutError",
+]
+
+_MAP_WINDOW = 256
+
+
+class ProcessPoolExecutor(Executor):
+    """Runs calls in worker processes (``concurrent.futures.ProcessPoolExecutor``'s API)."""
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., object] | None = None, initargs: tuple = (), *,
+                 max_tasks_per_child: int | None = None, retries: int = 0,
+                 task_timeout: float | None = None) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(f"task_timeout must be > 0 seconds, not {task_timeout!r}")
+        if mp_context is None:
+            from .context import _default_context
+
+            mp_context = _default_context.get_context()
+        self._mp_context = mp_context
+        self._max_workers = max_workers
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks_per_child = max_tasks_per_child
+        self._retries = retries
+        self._task_timeout = task_timeout
+        self._backend: Any = None
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_thread = False
+        self._finalizer: util.Finalize | None = None
+
+    def _ensure_backend(self) -> Any:
+        backend = self._backend
+        if backend is None:
+            factory = getattr(self._mp_context, "_backend_factory", None)
+            if factory is not None:
+                backend = factory(self._max_workers, self._initializer, self._initargs,
+                                  self._max_tasks_per_child)
+            else:
+                from ._backends.local import LocalBackend
+
+                backend = LocalBackend(self._mp_context, self._max_workers, self._initializer,
+                                       self._initargs, self._max_tasks_per_child,
+                                       name="ProcessPoolWorker")
+            self._backend = backend
+            self._finalizer = util.Finalize(self, _stop_backend, args=(backend,), exitpriority=15)
+        return backend
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``."""
+        with self._shutdown_lock:
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if util.is_exiting():
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            backend = self._ensure_backend()
+            if backend.scheduler.broken is not None:
+                raise backend.scheduler.broken
+            future: Future = Future()
+            job = Job("submit", fn, iter((args,)), FutureSink(future), length=1, star=True,
+                      kwargs=kwargs or None, single=True, retries=self._retries,
+                      timeout=self._task_timeout)
+            backend.scheduler.submit(job)
+            return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int | None = None,
+            progress: Any = False) -> Iterator[Any]:
+        """``fn(*args)`` for ``args`` in ``zip(*iterables)``, yielded in order.
+
+        ``timeout`` (seconds from this call) bounds the whole iteration, as in the stdlib.
+        Input is read lazily; results not yet consumed are bounded (backpressure).
+        """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._shutdown_lock:
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            backend = self._ensure_backend()
+            it = IMapIterator()
+            total = None
+            if len(iterables) == 1 and hasattr(iterables[0], "__len__"):
+                total = len(iterables[0])  # type: ignore[arg-type]
+            job = Job("map", fn, zip(*iterables), it, star=True, chunksize=chunksize,
+                      retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW)
+            if progress:
+                from ._engine.progress import make_progress
+
+                job.progress = make_progress(progress, total, "map")
+            backend.scheduler.submit(job)
+        return _result_iterator(it, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``cancel_futures`` cancel what has not started."""
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            backend = self._backend
+        if backend is None:
+            return
+        if cancel_futures:
+            backend.scheduler.cancel_pending()
+        backend.close()
+        if wait:
+            while not backend.join(0.25):
+                pass
+
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """Worker processes by pid (the stdlib's private attribute, which tests often use)."""
+        if self._backend is None:
+            return {}
+        workers = getattr(self._backend, "workers", {})
+        return {w.pid: w.proc for w in list(workers.values())}
+
+
+def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
+    try:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                value = it.next(remaining)
+            except StopIteration:
+                return
+            except _ProcessTimeoutError:
+                raise TimeoutError from None
+            yield value
+    finally:
+        it.close()
+
+
+def _stop_backend(backend: Any) -> None:
+    backend.close()
+    backend.join(10)
