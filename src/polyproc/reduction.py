@@ -78,15 +78,22 @@ def register(type_: type, reduce: Any) -> None:
     _extra_reducers[type_] = reduce
 
 
+_by_value_cache: tuple[object, bool] = (None, False)
+
+
 def _by_value_needed() -> bool:
     """True when ``__main__`` cannot be re-imported in a child (interactive, -c, stdin)."""
+    global _by_value_cache
     main = sys.modules.get("__main__")
-    if main is None:
-        return False
-    if getattr(main, "__spec__", None) is not None:
-        return False
-    path = getattr(main, "__file__", None)
-    return not path or not os.path.exists(path)
+    if _by_value_cache[0] is main:
+        return _by_value_cache[1]
+    if main is None or getattr(main, "__spec__", None) is not None:
+        needed = False
+    else:
+        path = getattr(main, "__file__", None)
+        needed = not path or not os.path.isfile(path)
+    _by_value_cache = (main, needed)
+    return needed
 
 
 def _cloud_pickler_class() -> type:

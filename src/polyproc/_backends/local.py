@@ -210,12 +210,13 @@ class LocalBackend:
             for key, mask in self.sel.select(self._timer()):
                 kind, w = key.data
                 if kind == _WAKE:
-                    self._wake_pending = False
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
                     except BlockingIOError:
                         pass
+                    # Clear only after draining: a wakeup written meanwhile must not be lost.
+                    self._wake_pending = False
                 elif kind == _SOCK:
                     if mask & selectors.EVENT_READ:
                         self._read(w)

@@ -9,6 +9,7 @@ backpressure that keeps ``imap`` memory bounded). ``AsyncResult``, ``MapResult``
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,14 @@ class ResultSink:
 
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         raise NotImplementedError
+
+    def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
+        """Outcomes of several tasks at once (``errors`` maps positions to exceptions)."""
+        for pos, index in enumerate(indices):
+            if errors and pos in errors:
+                self.deliver(index, False, errors[pos])
+            else:
+                self.deliver(index, True, values[pos])
 
     def finish(self) -> None:
         """Called once, after the last ``deliver`` (also when the job had no task)."""
@@ -126,6 +135,15 @@ class MapResult(AsyncResult):
         if self._remaining == 0:
             self._set(True, self._values)
 
+    def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
+        if errors or self._failed or type(indices) is not range:
+            super().deliver_batch(indices, values, errors)
+            return
+        self._values[indices.start:indices.stop] = values
+        self._remaining -= len(values)
+        if self._remaining == 0:
+            self._set(True, self._values)
+
 
 class _IterBase(ResultSink):
     def __init__(self) -> None:
@@ -190,6 +208,17 @@ class IMapIterator(_IterBase):
             if index == self._next_index:
                 self._cond.notify()
 
+    def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
+        with self._cond:
+            buffer = self._buffer
+            for pos, index in enumerate(indices):
+                if errors and pos in errors:
+                    buffer[index] = (False, errors[pos])
+                else:
+                    buffer[index] = (True, values[pos])
+            if self._next_index in buffer:
+                self._cond.notify()
+
     def _pop(self) -> tuple[bool, bool, Any]:
         item = self._buffer.pop(self._next_index, None)
         if item is None:
@@ -211,6 +240,15 @@ class IMapUnorderedIterator(_IterBase):
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
             self._buffer.append((ok, value))
+            self._cond.notify()
+
+    def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
+        with self._cond:
+            if errors:
+                self._buffer.extend((pos not in errors, errors.get(pos, v))
+                                    for pos, v in enumerate(values))
+            else:
+                self._buffer.extend(zip(itertools.repeat(True), values))
             self._cond.notify()
 
     def _pop(self) -> tuple[bool, bool, Any]:

@@ -101,7 +101,7 @@ class Job:
         if len(items) < n:
             self.exhausted = True
             self.source = iter(())
-        return list(range(start, start + len(items))), items, False
+        return range(start, start + len(items)), items, False  # type: ignore[return-value]
 
 
 class Batch:
@@ -330,6 +330,15 @@ class Scheduler:
                 job = batch.job
                 per = elapsed_ns / n
                 job.cost_ns = per if job.cost_ns is None else 0.5 * (job.cost_ns + per)
+                job.inflight -= n
+                if errors:
+                    for pos, exc in errors.items():
+                        _annotate(exc, job, batch.indices[pos], pid)
+                job.sink.deliver_batch(batch.indices, values, errors)
+                if job.progress is not None:
+                    job.progress(n)
+                self._maybe_finish(job)
+                return batch
             else:
                 for job in batch.jobs:  # type: ignore[union-attr]
                     old = self._func_cost.get(job.fid)

@@ -15,6 +15,11 @@ class Popen(PopenBase):
     method = "fork"
 
     def __init__(self, process_obj: Any) -> None:
+        # Share this tree's resource tracker with the child; one the child started itself
+        # would unlink the child's named resources when the child exits, while we use them.
+        from .._resources import tracker
+
+        tracker.ensure_running()
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None

@@ -1,0 +1,153 @@
+"""HMAC challenge/response handshake, wire-compatible with the stdlib.
+
+One side *delivers* a challenge (``#CHALLENGE#`` + nonce), the other
+*answers* with an HMAC of the nonce keyed by the shared authkey, and the
+challenger replies ``#WELCOME#`` or ``#FAILURE#``.  ``Listener`` delivers then
+answers; ``Client`` answers then delivers, so both sides prove the key.
+
+Two dialects exist:
+
+* legacy (CPython <= 3.11): a raw 20-byte nonce, answered with a raw 16-byte
+  HMAC-MD5;
+* modern (CPython >= 3.12): ``{digest}`` + 40-byte nonce, answered with
+  ``{digest}`` + HMAC computed over the whole prefixed message.
+
+We deliver the dialect of the running interpreter (so its stdlib peer
+understands us), answer in whichever dialect the challenge uses, and accept
+either form of response.  Every handshake message is read with a small size
+cap and nothing is unpickled before authentication succeeds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sys
+
+from ..context import AuthenticationError
+from .framing import BadMessageLength
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _MessageConnection(Protocol):
+        def send_bytes(self, buf: bytes) -> None: ...
+
+        def recv_bytes(self, maxlength: int | None = None) -> bytes: ...
+
+
+__all__ = ["MAX_MESSAGE", "answer_challenge", "deliver_challenge"]
+
+CHALLENGE = b"#CHALLENGE#"
+WELCOME = b"#WELCOME#"
+FAILURE = b"#FAILURE#"
+
+#: Largest handshake message we are willing to receive.
+MAX_MESSAGE = 256
+
+_LEGACY_NONCE_LEN = 20
+_MD5_DIGEST_LEN = 16
+_LEGACY_LENGTHS = (_LEGACY_NONCE_LEN, _MD5_DIGEST_LEN)
+_MODERN_NONCE_LEN = 40
+_ALLOWED_DIGESTS = frozenset({b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"})
+_MAX_DIGEST_NAME_LEN = max(map(len, _ALLOWED_DIGESTS))
+
+#: Digest named in the challenges we deliver; ``None`` means the legacy dialect.
+DEFAULT_DIGEST: str | None = "sha256" if sys.version_info >= (3, 12) else None
+
+
+def deliver_challenge(
+    connection: _MessageConnection, authkey: bytes, digest_name: str | None = DEFAULT_DIGEST
+) -> None:
+    """Challenge the peer to prove it knows *authkey*.
+
+    Raises :class:`~polyproc.AuthenticationError` (after telling the peer) if
+    the response is wrong.  *digest_name* selects the modern dialect's hash;
+    ``None`` sends a legacy challenge.
+    """
+    _check_authkey(authkey)
+    if digest_name:
+        name = digest_name.encode("ascii")
+        if name not in _ALLOWED_DIGESTS:
+            raise ValueError(f"unsupported digest {digest_name!r}")
+        message = b"{%s}%s" % (name, os.urandom(_MODERN_NONCE_LEN))
+    else:
+        message = os.urandom(_LEGACY_NONCE_LEN)
+    connection.send_bytes(CHALLENGE + message)
+    response = _recv_handshake(connection)
+    try:
+        _verify_response(authkey, message, response)
+    except AuthenticationError:
+        try:
+            connection.send_bytes(FAILURE)
+        except OSError:
+            pass  # the peer is gone; the authentication failure is what matters
+        raise
+    connection.send_bytes(WELCOME)
+
+
+def answer_challenge(connection: _MessageConnection, authkey: bytes) -> None:
+    """Answer the peer's challenge, proving that we know *authkey*.
+
+    Raises :class:`~polyproc.AuthenticationError` if the message is not a
+    challenge or the peer rejects our response.
+    """
+    _check_authkey(authkey)
+    message = _recv_handshake(connection)
+    if not message.startswith(CHALLENGE):
+        raise AuthenticationError("protocol error: expected a challenge")
+    message = message[len(CHALLENGE) :]
+    if len(message) < _LEGACY_NONCE_LEN:
+        raise AuthenticationError(f"challenge too short: {len(message)} bytes")
+    digest_name = _split_digest(message)[0]
+    connection.send_bytes(_make_response(authkey, message, digest_name))
+    if _recv_handshake(connection) != WELCOME:
+        raise AuthenticationError("digest sent was rejected")
+
+
+def _check_authkey(authkey: object) -> None:
+    if not isinstance(authkey, bytes):
+        raise ValueError(f"Authkey must be bytes, not {type(authkey)!s}")
+
+
+def _recv_handshake(connection: _MessageConnection) -> bytes:
+    try:
+        return connection.recv_bytes(MAX_MESSAGE)
+    except BadMessageLength:
+        raise AuthenticationError("handshake message too long") from None
+
+
+def _split_digest(message: bytes) -> tuple[str, bytes]:
+    """Return ``(digest_name, payload)``; an empty name means legacy HMAC-MD5."""
+    if len(message) in _LEGACY_LENGTHS:
+        return "", message
+    if message[:1] == b"{":
+        end = message.find(b"}", 1, _MAX_DIGEST_NAME_LEN + 2)
+        if end > 0 and message[1:end] in _ALLOWED_DIGESTS:
+            return message[1:end].decode("ascii"), message[end + 1 :]
+    raise AuthenticationError(
+        f"unsupported message: {len(message)} bytes without a known {{digest}} prefix"
+    )
+
+
+def _make_response(authkey: bytes, message: bytes, digest_name: str) -> bytes:
+    if not digest_name:
+        try:
+            return hmac.new(authkey, message, "md5").digest()
+        except ValueError:
+            # MD5 is unavailable (FIPS mode): offer the modern form instead.
+            digest_name = "sha256"
+    mac = hmac.new(authkey, message, digest_name).digest()
+    return b"{%s}%s" % (digest_name.encode("ascii"), mac)
+
+
+def _verify_response(authkey: bytes, message: bytes, response: bytes) -> None:
+    digest_name, mac = _split_digest(response)
+    digest_name = digest_name or "md5"
+    try:
+        expected = hmac.new(authkey, message, digest_name).digest()
+    except ValueError:
+        raise AuthenticationError(f"digest {digest_name!r} is unsupported") from None
+    if not hmac.compare_digest(expected, mac):
+        raise AuthenticationError("digest received was wrong")
