@@ -46,6 +46,28 @@ set_start_method = _default.set_start_method
 get_all_start_methods = _default.get_all_start_methods
 reducer = _default.reducer
 
+_LAZY = {
+    "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
+    "ThreadPool": ("polyproc.pool", "ThreadPool"),
+    "WorkerLostError": ("polyproc._engine.errors", "WorkerLostError"),
+    "TaskTimeoutError": ("polyproc._engine.errors", "TaskTimeoutError"),
+    "BrokenProcessPool": ("polyproc._engine.errors", "BrokenProcessPool"),
+}
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: keeps `import polyproc` (and every child's start) light.
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'polyproc' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "Array", "AuthenticationError", "Barrier", "BoundedSemaphore", "BufferTooShort",
     "Condition", "Event", "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process",
@@ -54,4 +76,5 @@ __all__ = [
     "allow_connection_pickling", "cpu_count", "current_process", "freeze_support",
     "get_all_start_methods", "get_context", "get_logger", "get_start_method", "log_to_stderr",
     "parent_process", "reducer", "set_executable", "set_forkserver_preload", "set_start_method",
+    "ProcessPoolExecutor", "ThreadPool", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
 ]
