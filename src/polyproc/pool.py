@@ -55,7 +55,6 @@ class Pool:
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, retries: int = 0,
                  task_timeout: float | None = None) -> None:
-        self._state = RUN
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -79,6 +78,7 @@ class Pool:
         self._scheduler = self._backend.scheduler
         self._terminate_finalizer = util.Finalize(self, _terminate_backend, args=(self._backend,),
                                                   exitpriority=15)
+        self._state = RUN  # last: __del__ of a half-built pool (bad arguments) does nothing
 
     def _make_backend(self, ctx: Any, processes: int, initializer: Any, initargs: tuple,
                       maxtasksperchild: int | None) -> Any:

@@ -28,6 +28,7 @@ TARGET_NS = 4_000_000  # aim for ~4 ms of work per batch
 GROWTH = 8
 MAX_UNKNOWN_CHUNK = 4096  # cap for inputs of unknown length (keeps imap memory flat)
 MIXED = -1
+_EMPTY: tuple = ()  # shared, falsy stand-in for a job's requeue deque
 
 
 class Job:
@@ -63,8 +64,9 @@ class Job:
         self.next_index = 0
         self.exhausted = False
         self.inflight = 0
-        self.requeue: collections.deque[tuple[int, Any, bool]] = collections.deque()
-        self.attempts: dict[int, int] = {}
+        # Allocated on first use: most jobs never lose a worker.
+        self.requeue: collections.deque[tuple[int, Any, bool]] = _EMPTY  # type: ignore[assignment]
+        self.attempts: dict[int, int] | None = None
         self.cost_ns: float | None = None
         self.last_size = 0
         self.finished = False
@@ -145,6 +147,7 @@ class Scheduler:
         self.active: dict[int, Job] = {}
         self.wakeup = wakeup
         self.broken: BaseException | None = None
+        self.timed_jobs = 0  # active jobs with a per-task timeout (the dispatcher polls then)
 
     # ---------------------------------------------------------------- submitting
 
@@ -156,7 +159,10 @@ class Scheduler:
                 return
             job.id = next(self._job_ids)
             job.fid = self._fid_for(job.func)
-            job.sink.wakeup = lambda: self._consumed(job)
+            if job.window is not None:
+                job.sink.wakeup = lambda: self._consumed(job)
+            if job.timeout is not None:
+                self.timed_jobs += 1
             self.active[job.id] = job
             self.pending.append(job)
         self.wakeup()
@@ -378,6 +384,8 @@ class Scheduler:
                                 f"{job.timeout} s; worker pid {pid} was stopped and replaced")
                             self._deliver(job, index, False, err)
                             continue
+                        if job.attempts is None:
+                            job.attempts = {}
                         tries = job.attempts.get(index, 0) + 1
                         if tries <= job.retries:
                             job.attempts[index] = tries
@@ -396,6 +404,8 @@ class Scheduler:
                         self._requeue(job, index, args, isolate=running_here and culprit is None)
 
     def _requeue(self, job: Job, index: int, args: Any, isolate: bool) -> None:
+        if job.requeue is _EMPTY:
+            job.requeue = collections.deque()
         job.requeue.append((index, args, isolate))
         if job not in self.pending:
             self.pending.appendleft(job)
@@ -457,7 +467,8 @@ class Scheduler:
     def _maybe_finish(self, job: Job) -> None:
         if not job.finished and job.exhausted and job.inflight == 0 and not job.requeue:
             job.finished = True
-            self.active.pop(job.id, None)
+            if self.active.pop(job.id, None) is not None and job.timeout is not None:
+                self.timed_jobs -= 1
             if job.progress is not None:
                 job.progress.close()
             job.sink.finish()
@@ -468,7 +479,7 @@ class Scheduler:
             return not self.active
 
     def running_jobs_with_timeout(self) -> bool:
-        return any(j.timeout is not None for j in self.active.values())
+        return self.timed_jobs > 0
 
 
 def _cancelled() -> BaseException:
