@@ -7,9 +7,8 @@ import sys
 import pytest
 
 import polyproc
-from polyproc import context
-
 from _scripts import run_script
+from polyproc import context
 
 FACTORIES = [
     "Process", "Pipe", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",

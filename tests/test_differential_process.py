@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from _scripts import run_script
 
 METHODS = ["fork", "spawn", "forkserver"]

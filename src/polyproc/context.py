@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+
 from . import process, reduction
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
@@ -210,7 +211,7 @@ class BaseContext:
         try:
             ctx = _concrete_contexts[method]
         except KeyError:
-            raise ValueError("cannot find context for %r" % method) from None
+            raise ValueError(f"cannot find context for {method!r}") from None
         ctx._check_available()
         return ctx
 
@@ -404,6 +405,5 @@ def assert_spawning(obj: Any) -> None:
     """Raise unless ``obj`` is being pickled to start a process (inheritance only)."""
     if get_spawning_popen() is None:
         raise RuntimeError(
-            "%s objects should only be shared between processes through inheritance"
-            % type(obj).__name__
+            f"{type(obj).__name__} objects should only be shared between processes through inheritance"
         )

@@ -10,6 +10,8 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
   ``BrokenExecutor``), instead of breaking the whole executor; ``retries=N`` runs such tasks
   again. ``task_timeout=`` stops a worker running an overdue task (``TaskTimeoutError``).
 * ``max_tasks_per_child`` works with every start method, fork included.
+* Futures cancelled by ``shutdown(cancel_futures=True)`` count as done for ``wait`` and
+  ``as_completed`` (the stdlib's never do: they wait forever, CPython issue 109934).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class ProcessPoolExecutor(Executor):
             total = None
             if len(iterables) == 1 and hasattr(iterables[0], "__len__"):
                 total = len(iterables[0])  # type: ignore[arg-type]
-            job = Job("map", fn, zip(*iterables), it, star=True, chunksize=chunksize,
+            job = Job("map", fn, zip(*iterables, strict=False), it, star=True, chunksize=chunksize,
                       retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW)
             if progress:
                 from ._engine.progress import make_progress

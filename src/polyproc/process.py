@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+
 from . import util
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
@@ -244,16 +245,16 @@ class BaseProcess:
         else:
             exitcode = self._popen.poll()
             status = "started" if exitcode is None else "stopped"
-        info = [type(self).__name__, "name=%r" % self._name]
+        info = [type(self).__name__, f"name={self._name!r}"]
         if self._popen is not None:
-            info.append("pid=%s" % self._popen.pid)
-        info.append("parent=%s" % self._parent_pid)
+            info.append(f"pid={self._popen.pid}")
+        info.append(f"parent={self._parent_pid}")
         info.append(status)
         if exitcode is not None:
-            info.append("exitcode=%s" % _exitcode_to_name.get(exitcode, exitcode))
+            info.append(f"exitcode={_exitcode_to_name.get(exitcode, exitcode)}")
         if self.daemon:
             info.append("daemon")
-        return "<%s>" % " ".join(info)
+        return "<{}>".format(" ".join(info))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -296,7 +297,7 @@ class BaseProcess:
             exitcode = 1
             import traceback
 
-            sys.stderr.write("Process %s:\n" % self.name)
+            sys.stderr.write(f"Process {self.name}:\n")
             traceback.print_exc()
         finally:
             threading._shutdown()  # type: ignore[attr-defined]

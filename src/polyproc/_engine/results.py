@@ -13,9 +13,8 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
 from concurrent.futures import CancelledError as _CancelledError
+from typing import Any
 
 from ..context import TimeoutError as ProcessTimeoutError
 
@@ -279,7 +278,9 @@ class FutureSink(ResultSink):
         if ok:
             self.future.set_result(value)
         elif isinstance(value, _CancelledError) and self.future.cancel():
-            return  # never started: a real cancellation
+            # Never started: a real cancellation. Move the future on to CANCELLED_AND_NOTIFIED
+            # too, or wait()/as_completed() never see it done (CPython issues 87893, 109934).
+            self.future.set_running_or_notify_cancel()
         else:
             try:
                 self.future.set_exception(value)

@@ -264,7 +264,7 @@ class Scheduler:
                     want = min(want, limit)
             pending.popleft()
             if job.requeue:
-                index, args, _ = job.requeue.popleft()
+                _index, args, _ = job.requeue.popleft()
                 if job.requeue:
                     pending.appendleft(job)
             elif job.exhausted or job.finished:
@@ -274,7 +274,7 @@ class Scheduler:
                     job.exhausted = True
                     self._maybe_finish(job)
                     continue
-                index, args = 0, next(job.source)
+                _index, args = 0, next(job.source)
                 job.exhausted = True
             job.inflight += 1
             jobs.append(job)

@@ -13,7 +13,6 @@ import runpy
 import sys
 import types
 
-
 from .. import process, util
 from . import _popen
 
