@@ -62,6 +62,9 @@ def test_no_stdlib_multiprocessing_anywhere(tmp_path):
         def child(q):
             q.send('multiprocessing' in sys.modules)
 
+        def has_mp():
+            return any(k.startswith('multiprocessing') for k in sys.modules)
+
         if __name__ == '__main__':
             out = ['multiprocessing' in sys.modules]
             for m in ('fork', 'spawn', 'forkserver'):
@@ -70,12 +73,22 @@ def test_no_stdlib_multiprocessing_anywhere(tmp_path):
                 p = ctx.Process(target=child, args=(w,)); p.start()
                 out.append(r.recv()); p.join()
             out.append('multiprocessing' in sys.modules)
+            # The rest of the API, parent and (spawn/forkserver) workers alike.
+            import polyproc.futures
+            for m in ('spawn', 'forkserver'):
+                ctx = mp.get_context(m)
+                q, lock = ctx.Queue(), ctx.Lock()
+                with ctx.Pool(1) as pool:
+                    out.append(pool.apply(has_mp))
+                with polyproc.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+                    out.append(ex.submit(has_mp).result())
+                q.put(1); q.get(timeout=10)
             out.append(any(k.startswith('multiprocessing') or k == 'concurrent.futures.process'
                            for k in sys.modules))
             print(out)
     """)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == str([False] * 6)
+    assert res.stdout.strip() == str([False] * 10)
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
