@@ -96,7 +96,7 @@ class LocalBackend:
     def close(self) -> None:
         """Finish the submitted work, then stop the workers."""
         self._closing = True
-        self.wakeup()
+        self.scheduler.lift_windows()
 
     def terminate(self) -> None:
         """Stop the workers now; tasks not done yet get a cancelled outcome."""

@@ -41,7 +41,7 @@ class ThreadBackend:
 
     def close(self) -> None:
         self._closing = True
-        self.wakeup()
+        self.scheduler.lift_windows()
 
     def terminate(self) -> None:
         self._closing = self._terminating = True

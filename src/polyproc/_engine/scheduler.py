@@ -473,6 +473,15 @@ class Scheduler:
                 job.progress.close()
             job.sink.finish()
 
+    def lift_windows(self) -> None:
+        """Closing: run every accepted task even if nobody consumes the results (stdlib
+        semantics of ``close()``/``shutdown(wait=True)``), so joining cannot wait forever."""
+        with self.lock:
+            for job in self.active.values():
+                job.window = None
+                job.blocked = False
+        self.wakeup()
+
     def idle(self) -> bool:
         """No job has work left or in flight."""
         with self.lock:
