@@ -21,6 +21,14 @@ _lock = threading.Lock()
 _sharer: _Sharer | None = None
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it when we were forked
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Sharer:
     def __init__(self) -> None:
         self.pid = os.getpid()

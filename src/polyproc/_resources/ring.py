@@ -153,6 +153,14 @@ _EOWNERDEAD = errno.EOWNERDEAD
 _fence_lock = threading.Lock()
 
 
+def _reinit_fence_lock() -> None:
+    global _fence_lock
+    _fence_lock = threading.Lock()  # a fork child must not inherit it held by another thread
+
+
+os.register_at_fork(after_in_child=_reinit_fence_lock)
+
+
 def _fence() -> None:
     """A full memory barrier (a locked instruction), for the wwait/head handshake."""
     _fence_lock.acquire()

@@ -106,6 +106,8 @@ class ResourceTracker:
 
 
 _tracker = ResourceTracker()
+# A child forked while another thread held the lock must not inherit it locked.
+os.register_at_fork(after_in_child=lambda: setattr(_tracker, "_lock", threading.Lock()))
 ensure_running = _tracker.ensure_running
 getfd = _tracker.getfd
 register = _tracker.register

@@ -154,6 +154,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 _forkserver = ForkServer()
+os.register_at_fork(after_in_child=lambda: setattr(_forkserver, "_lock", threading.Lock()))
 ensure_running = _forkserver.ensure_running
 set_forkserver_preload = _forkserver.set_forkserver_preload
 
