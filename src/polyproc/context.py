@@ -204,8 +204,18 @@ class BaseContext:
 
         forkserver.set_forkserver_preload(module_names)
 
-    def get_context(self, method: str | None = None) -> BaseContext:
-        """Return the context for ``method`` (this context if None)."""
+    def get_context(self, method: str | None = None, **options: Any) -> BaseContext:
+        """Return the context for ``method`` (this context if None).
+
+        ``get_context('dask', address=None, **options)`` returns a new context whose pools run
+        on a Dask cluster (needs ``polyproc[dask]``; see docs/dask.md).
+        """
+        if method == "dask":
+            from ._backends.dask import DaskContext
+
+            return DaskContext(**options)
+        if options:
+            raise TypeError(f"get_context({method!r}) takes no options")
         if method is None:
             return self
         try:
@@ -354,12 +364,12 @@ class DefaultContext(BaseContext):
         self._default_context = context
         self._actual_context: BaseContext | None = None
 
-    def get_context(self, method: str | None = None) -> BaseContext:
-        if method is None:
+    def get_context(self, method: str | None = None, **options: Any) -> BaseContext:
+        if method is None and not options:
             if self._actual_context is None:
                 self._actual_context = self._default_context
             return self._actual_context
-        return super().get_context(method)
+        return super().get_context(method, **options)
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
         """Set the default start method; a second call needs ``force=True``."""

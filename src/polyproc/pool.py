@@ -234,14 +234,14 @@ class Pool:
                f"pool_size={self._processes}>"
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == RUN:
-            import warnings
-
-            warnings.warn(f"unclosed running polyproc pool {self!r}", ResourceWarning,
-                          stacklevel=2)
+        if getattr(self, "_state", None) == RUN and not util.is_exiting():
             try:
+                import warnings
+
+                warnings.warn(f"unclosed running polyproc pool {self!r}", ResourceWarning,
+                              stacklevel=2)
                 self._backend.close()
-            except Exception:
+            except Exception:  # e.g. at interpreter shutdown, when imports fail
                 pass
 
 
