@@ -1,4 +1,5 @@
-"""Command line entry point: ``python -m polyproc {demo,info}`` (also installed as ``polyproc``)."""
+"""Command line entry point: ``python -m polyproc {demo,info,bench,doctor}`` (also installed as
+``polyproc``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Show the polyproc and Python versions, the start methods, the CPU count "
         "and which optional extras are installed.",
     )
+    from ._cli import bench, doctor
+
+    bench.add_arguments(sub.add_parser(
+        "bench",
+        help="run the benchmarks in benchmarks/ (polyproc against the stdlib and installed peers)",
+        description="Run the benchmark scripts of the source repository's benchmarks/ folder "
+        "(polyproc against the stdlib and whichever peers are installed) and print one "
+        "combined Markdown report; optionally chart the polyproc-vs-stdlib ratios.",
+    ))
+    doctor.add_arguments(sub.add_parser(
+        "doctor",
+        help="check /dev/shm, semaphores, leaked resources, fd limits and start methods",
+        description="Check that this machine can run polyproc: /dev/shm, named semaphores, "
+        "leaked polyproc entries in /dev/shm, the open-file limit, and that each start method "
+        "starts a child. Says how to fix each problem. Exit code 0 when healthy, 1 otherwise.",
+    ))
     return parser
 
 
@@ -39,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         from ._cli import info
 
         return info.run()
+    if args.command == "bench":
+        from ._cli import bench
+
+        return bench.run(args)
+    if args.command == "doctor":
+        from ._cli import doctor
+
+        return doctor.run(args)
     parser.print_help()
     return 2
 

@@ -255,6 +255,12 @@ class ThreadPool(Pool):
                  initargs: Iterable[Any] = ()) -> None:
         super().__init__(processes, initializer, initargs)
 
+    def _options(self, retries: int | None, timeout: float | None) -> tuple[int, float | None]:
+        if timeout is not None:
+            raise ValueError("ThreadPool cannot stop a running thread, so it has no per-task "
+                             "timeout; use a process Pool for timeout=")
+        return super()._options(retries, timeout)
+
     def _make_backend(self, ctx: Any, processes: int, initializer: Any, initargs: tuple,
                       maxtasksperchild: int | None) -> Any:
         from ._backends.threads import ThreadBackend

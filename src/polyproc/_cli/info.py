@@ -15,6 +15,7 @@ EXTRAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dask", ("dask",)),
     ("distributed", ("distributed",)),
     ("psutil", ("psutil",)),
+    ("matplotlib", ("matplotlib",)),
 )
 
 
