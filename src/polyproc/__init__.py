@@ -6,6 +6,8 @@ below are bound to the default context (see ``polyproc.context``).
 
 from __future__ import annotations
 
+import sys as _sys
+
 from . import context as _context
 from .context import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
 from .process import active_children, current_process, parent_process
@@ -14,6 +16,11 @@ from .util import SUBDEBUG, SUBWARNING
 __version__ = "0.1.0"
 
 _default = _context._default_context
+
+# Spawn and forkserver children import the main module as ``__mp_main__``; objects of its
+# classes they send back are pickled under that name, which must resolve here too.
+if "__main__" in _sys.modules:
+    _sys.modules.setdefault("__mp_main__", _sys.modules["__main__"])
 
 Process = _context.Process
 Pipe = _default.Pipe

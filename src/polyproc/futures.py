@@ -183,7 +183,11 @@ def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
                 value = it.next(remaining)
             except StopIteration:
                 return
-            except _ProcessTimeoutError:
+            except _ProcessTimeoutError as e:
+                # A task's outcome (TaskTimeoutError, or a polyproc.TimeoutError the task
+                # raised: it has the worker's traceback as cause) is not our deadline.
+                if deadline is None or isinstance(e, TaskTimeoutError) or e.__cause__ is not None:
+                    raise
                 raise TimeoutError from None
             yield value
     finally:

@@ -134,8 +134,10 @@ def dumps(obj: Any, protocol: int | None = None) -> memoryview:
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         try:
             return memoryview(_cloud_dumps(obj, protocol))
-        except Exception:
-            raise exc from None
+        except Exception as cloud_exc:
+            # cloudpickle went further (it pickles lambdas and closures by value), so its
+            # error names the real culprit, e.g. the lock a lambda captured.
+            raise cloud_exc from exc
     return buf.getbuffer()
 
 

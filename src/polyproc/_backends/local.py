@@ -14,18 +14,25 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
 
 from .. import util
 from .._engine import wire, worker
-from .._engine.errors import BrokenProcessPool, describe_exit
+from .._engine.errors import BrokenProcessPool, UnpicklableError, describe_exit
 from .._engine.scheduler import Batch, Scheduler
 from .._engine.slots import Slots
 
 _WAKE, _SOCK, _SENTINEL = 0, 1, 2
 _STARTUP_FAILURES_LIMIT = 3
+
+# Spawn and forkserver workers import the main module as ``__mp_main__``, so what they send
+# back of its classes (results, exceptions) is pickled under that name; like the stdlib's
+# ``multiprocessing`` package, make the name resolve to ``__main__`` here.
+if "__main__" in sys.modules:
+    sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
 
 class WorkerHandle:
@@ -151,10 +158,12 @@ class LocalBackend:
                 if batch is None:
                     return
                 try:
-                    payload, fds = wire.dumps(sched.batch_message(batch, w.known_fids))
+                    message = sched.batch_message(batch, w.known_fids)
+                    payload, fds = wire.dumps(message)
                 except Exception as e:
                     sched.unsend(batch, e)
                     continue
+                w.known_fids.update(message[1])  # only now: the worker will get them
                 w.inflight.append(batch)
                 w.sent += len(batch)
                 w.writer.push(payload, fds)
@@ -205,7 +214,9 @@ class LocalBackend:
                 return
             if not self._closing or not sched.idle():
                 self._fill()
-            elif self._closing and sched.idle():
+            # Checked again after _fill: it can finish the last job itself (a job learns that
+            # its input is exhausted there), and nothing would wake us up after that.
+            if self._closing and sched.idle():
                 return
             for key, mask in self.sel.select(self._timer()):
                 kind, w = key.data
@@ -238,7 +249,34 @@ class LocalBackend:
                 pass
             return
         for payload, fds in frames:
-            self._on_message(w, wire.loads(payload, fds))
+            try:
+                msg = wire.loads(payload, fds)
+            except Exception as e:
+                self._on_unloadable(w, e)
+                continue
+            self._on_message(w, msg)
+
+    def _on_unloadable(self, w: WorkerHandle, exc: Exception) -> None:
+        # A message the worker could pickle but we can't unpickle (an exception whose
+        # __init__ wants other arguments than it passes on, a class we can't import): its
+        # tasks fail with that error instead of the dispatcher (and so the pool) failing.
+        if self.slots.read(w.slot)[2] == 0:  # it never started a batch: its init message
+            err = BrokenProcessPool(
+                f"the pool's initializer failed in worker pid {w.pid}, and its exception "
+                f"cannot be unpickled in the parent ({exc!r}); the pool cannot run tasks")
+            err.__cause__ = exc
+            self.scheduler.fail_all(err)
+            self._closing = True
+            return
+        if not w.inflight:
+            return
+        batch = w.inflight.popleft()  # a worker answers its batches in order
+        w.completed += 1
+        err = UnpicklableError(
+            f"the outcome of {len(batch)} task(s) sent by worker pid {w.pid} cannot be "
+            f"unpickled in the parent: {exc!r}")
+        err.__cause__ = exc
+        self.scheduler.unsend(batch, err)
 
     def _on_message(self, w: WorkerHandle, msg: Any) -> None:
         if msg[0] == "init":
@@ -358,6 +396,7 @@ class LocalBackend:
         except OSError:
             pass
         util.close_fds(self._wake_r, self._wake_w)
+        self.slots.close()  # its memfd: one fd per pool otherwise, never closed
 
 
 def _terminated_error() -> BaseException:

@@ -10,6 +10,7 @@ import itertools
 import threading
 from typing import Any
 
+from .._engine.errors import BrokenProcessPool
 from .._engine.scheduler import Batch, Scheduler
 
 
@@ -61,7 +62,18 @@ class ThreadBackend:
 
     def _work(self, initializer: Any, initargs: tuple) -> None:
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except BaseException as e:  # every thread would die the same way: tasks would wait
+                err = BrokenProcessPool(
+                    f"the pool's initializer raised {type(e).__name__} in "
+                    f"{threading.current_thread().name}; the pool cannot run tasks. Fix the "
+                    "initializer (its exception is the cause).")
+                err.__cause__ = e
+                self.scheduler.fail_all(err)
+                self._closing = True
+                self.wakeup()
+                return
         sched = self.scheduler
         while True:
             seen = self._generation

@@ -38,7 +38,7 @@ class Job:
         "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
         "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
         "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
-        "progress",
+        "progress", "window_scale",
         "__weakref__",
     )
 
@@ -72,6 +72,7 @@ class Job:
         self.finished = False
         self.blocked = False
         self.progress: Any = None
+        self.window_scale = 8
 
     def has_work(self) -> bool:
         if self.requeue:
@@ -79,8 +80,13 @@ class Job:
         if self.exhausted:
             return False
         if self.window is not None:
-            return self.inflight + self.sink.unconsumed() < self.window
+            return self.inflight + self.sink.unconsumed() < self._window()
         return True
+
+    def _window(self) -> int:
+        # Room for a few batches per worker at the current chunk size, so the window never
+        # caps throughput, yet stays a small multiple of one batch: memory stays flat.
+        return max(self.window, self.window_scale * self.last_size)  # type: ignore[type-var]
 
     def take(self, n: int) -> tuple[list[int], list[Any], bool]:
         """Up to ``n`` tasks: (indices, args, isolated). Requeued tasks come first."""
@@ -96,7 +102,7 @@ class Job:
                 items.append(args)
             return indices, items, False
         if self.window is not None:
-            n = max(1, min(n, self.window - self.inflight - self.sink.unconsumed()))
+            n = max(1, min(n, self._window() - self.inflight - self.sink.unconsumed()))
         items = list(itertools.islice(self.source, n))
         start = self.next_index
         self.next_index += len(items)
@@ -160,6 +166,7 @@ class Scheduler:
             job.id = next(self._job_ids)
             job.fid = self._fid_for(job.func)
             if job.window is not None:
+                job.window_scale = 4 * self.n_workers
                 job.sink.wakeup = lambda: self._consumed(job)
             if job.timeout is not None:
                 self.timed_jobs += 1
@@ -299,18 +306,21 @@ class Scheduler:
         return max(1, min(size, cap))
 
     def batch_message(self, batch: Batch, known_fids: set[int]) -> tuple:
-        """The message a worker gets for ``batch`` (functions it lacks included)."""
+        """The message a worker gets for ``batch`` (functions it lacks included).
+
+        ``known_fids`` is not updated here: the caller adds the message's new functions
+        (``message[1]``) once the message could be pickled, since a batch that fails to pickle
+        (an unpicklable argument) never reaches the worker, nor do its functions.
+        """
         new_funcs: dict[int, bytes] = {}
         if batch.job is not None:
             job = batch.job
             if job.fid not in known_fids:
                 new_funcs[job.fid] = self.func_blob(job)
-                known_fids.add(job.fid)
             return (batch.id, new_funcs, job.fid, job.star, batch.items, batch.precise)
         for job in batch.jobs:  # type: ignore[union-attr]
-            if job.fid not in known_fids:
+            if job.fid not in known_fids and job.fid not in new_funcs:
                 new_funcs[job.fid] = self.func_blob(job)
-                known_fids.add(job.fid)
         return (batch.id, new_funcs, MIXED, False, batch.items, True)
 
     def unsend(self, batch: Batch, error: BaseException) -> None:
@@ -445,6 +455,10 @@ class Scheduler:
                     self._deliver(job, index, False, error)
                 job.exhausted = True
             else:
+                if error is not None:
+                    # imap over input of unknown length: one outcome tells the caller the
+                    # rest of the input will not run (rather than a silently short result).
+                    self._deliver(job, job.next_index, False, error)
                 job.exhausted = True
         self._maybe_finish(job)
 
@@ -456,6 +470,8 @@ class Scheduler:
         elif job.length is not None:
             for index in range(job.length):
                 job.sink.deliver(index, False, error)
+        else:  # imap: its input is never read; one outcome says why
+            job.sink.deliver(0, False, error)
         job.sink.finish()
 
     def _deliver(self, job: Job, index: int, ok: bool, value: Any) -> None:
