@@ -17,6 +17,7 @@ import sys
 import time
 
 from . import reduction, util
+from ._managers.security import check_bind_address
 from ._wire import framing
 from ._wire.auth import answer_challenge as answer_challenge
 from ._wire.auth import deliver_challenge as deliver_challenge
@@ -378,11 +379,15 @@ class Listener:
         family: str | None = None,
         backlog: int = 1,
         authkey: bytes | None = None,
+        *,
+        allow_unauthenticated: bool = False,
     ) -> None:
         family = family or (address and address_type(address)) or default_family
         _validate_family(family)
         _check_authkey(authkey)
         address = address or arbitrary_address(family)
+        # Safe by default: no unauthenticated pickle on a non-loopback address.
+        check_bind_address(address, authkey, allow_unauthenticated=allow_unauthenticated)
         sock = socket.socket(getattr(socket, family))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

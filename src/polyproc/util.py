@@ -173,9 +173,11 @@ class Finalize:
         self._pid = os.getpid()
         _finalizer_registry[self._key] = self
 
-    def __call__(self, wr: Any = None) -> Any:
+    def __call__(self, wr: Any = None, _registry: dict = _finalizer_registry) -> Any:
+        # The registry is bound as a default: at interpreter teardown the module global may
+        # already be None when a late weakref callback runs.
         try:
-            del _finalizer_registry[self._key]  # type: ignore[index]
+            del _registry[self._key]  # type: ignore[index]
         except KeyError:
             return None
         if self._pid != os.getpid():

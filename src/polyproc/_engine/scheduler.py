@@ -86,7 +86,8 @@ class Job:
     def _window(self) -> int:
         # Room for a few batches per worker at the current chunk size, so the window never
         # caps throughput, yet stays a small multiple of one batch: memory stays flat.
-        return max(self.window, self.window_scale * self.last_size)  # type: ignore[type-var]
+        return max(self.window,  # type: ignore[type-var]
+                   min(self.window_scale * self.last_size, 4 * MAX_UNKNOWN_CHUNK))
 
     def take(self, n: int) -> tuple[list[int], list[Any], bool]:
         """Up to ``n`` tasks: (indices, args, isolated). Requeued tasks come first."""

@@ -1,0 +1,556 @@
+"""The manager server: owns the shared objects and runs the calls proxies send.
+
+One thread accepts connections; each connection gets its own thread, which first runs the
+TLS handshake (optional) and the HMAC handshake under a timeout, then serves requests until
+the client goes away.  A peer that fails before authentication is dropped with a logged
+reason and nothing it sent is unpickled; an authenticated peer may be held to
+``max_message_size``.  A bad peer never stops the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import weakref
+
+from .. import process, util
+from .._wire import auth
+from . import proxy as _proxy
+from . import wire
+from .channel import BadMessageLength, Channel, family_of, tune_socket
+from .security import check_bind_address, server_ssl_wrap, split_ssl_context
+
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Server", "logger", "all_methods", "public_methods"]
+
+#: Where the server reports dropped peers (``polyproc.log_to_stderr()`` shows them too).
+logger = logging.getLogger("polyproc.managers")
+
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+_live_servers: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _drop_sockets_in_child() -> None:
+    """A process forked from a manager process (say, a Pool worker made by a managed Pool)
+    must not keep the server's sockets open: its copies would keep clients of a dead
+    manager waiting instead of seeing end of stream."""
+    for server in list(_live_servers):
+        server._drop_sockets_after_fork()
+
+
+os.register_at_fork(after_in_child=_drop_sockets_in_child)
+
+
+def all_methods(obj: Any) -> list[str]:
+    """Names of the callable attributes of ``obj``."""
+    names = []
+    for name in dir(obj):
+        try:
+            func = getattr(obj, name)
+        except AttributeError:
+            continue
+        if callable(func):
+            names.append(name)
+    return names
+
+
+def public_methods(obj: Any) -> list[str]:
+    """Names of the callable attributes of ``obj`` not starting with ``_``."""
+    return [name for name in all_methods(obj) if name[0] != "_"]
+
+
+def format_exc() -> str:
+    """The current exception's traceback as text (traceback is imported on first error)."""
+    import traceback
+
+    return traceback.format_exc()
+
+
+def _describe_peer(sock: socket.socket, peer: Any) -> str:
+    if sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return f"local peer pid {pid} uid {uid}"
+        except (OSError, AttributeError):
+            return "local peer"
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return repr(peer)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "closed the connection during the handshake"
+    if isinstance(exc, socket.timeout):
+        return "handshake timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _bind(address: Any, backlog: int) -> tuple[socket.socket, Any, str | None]:
+    """A listening socket for ``address`` (None: a new Unix socket in a private directory)."""
+    if address is None:
+        from ..connection import arbitrary_address
+
+        address = arbitrary_address("AF_UNIX")
+    family = family_of(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        bound = sock.getsockname()
+    except BaseException:
+        sock.close()
+        raise
+    if family == socket.AF_INET6:
+        bound = tuple(bound[:2])
+    unlink = None
+    if family == socket.AF_UNIX and isinstance(address, str) and not address.startswith("\0"):
+        unlink = address
+    return sock, bound, unlink
+
+
+class Server:
+    """Serves the shared objects of a manager (see ``BaseManager.get_server``).
+
+    ``serve_forever()`` runs until a client calls ``shutdown`` (or, for a server started by
+    ``BaseManager.start``, until the parent process dies); ``address`` is the bound address.
+    """
+
+    public = ["shutdown", "create", "accept_connection", "get_methods", "debug_info",
+              "number_of_objects", "dummy", "incref", "decref", "hello", "incref_many"]
+
+    def __init__(
+        self,
+        registry: dict[str, tuple[Any, ...]],
+        address: Any,
+        authkey: bytes,
+        serializer: str = "pickle",
+        *,
+        ssl_context: Any = None,
+        max_message_size: int | None = None,
+        allow_unauthenticated: bool = False,
+        handshake_timeout: float | None = 10.0,
+        backlog: int = 128,
+    ) -> None:
+        if not isinstance(authkey, bytes):
+            raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
+        if serializer != "pickle":
+            raise ValueError(f"unsupported serializer {serializer!r} (polyproc supports 'pickle')")
+        if max_message_size is not None and max_message_size < 1:
+            raise ValueError("max_message_size must be a positive number of bytes or None")
+        check_bind_address(address, authkey, allow_unauthenticated=allow_unauthenticated,
+                           what=f"manager server ({type(self).__name__})")
+        self._ssl = split_ssl_context(ssl_context)[0]
+        if ssl_context is not None and self._ssl is None:
+            raise ValueError("the ssl_context given is a client-only (PROTOCOL_TLS_CLIENT) "
+                             "context; the server side needs a server context")
+        self.registry = registry
+        self.authkey = process.AuthenticationString(authkey)
+        self.max_message_size = max_message_size
+        self.handshake_timeout = handshake_timeout
+        self.id = os.urandom(8).hex()
+        self._listener, self.address, self._unlink = _bind(address, backlog)
+        self.id_to_obj: dict[Any, tuple[Any, frozenset[str], Any]] = {}
+        self.id_to_refcount: dict[Any, int] = {}
+        self._ident_of: dict[int, Any] = {}  # id(obj) -> ident, while the entry lives
+        self._idents = itertools.count(1)
+        self.mutex = threading.RLock()
+        self.stop_event = threading.Event()
+        self._channels: set[Channel] = set()
+        self._channels_lock = threading.Lock()
+        self._closed = False
+        _live_servers.add(self)
+
+    # ---------------------------------------------------------------- running
+
+    def serve_forever(self, *, watch_parent: bool = False) -> None:
+        """Serve until shut down.  ``watch_parent``: also stop when the parent process dies."""
+        process.current_process()._manager_server = self  # type: ignore[attr-defined]
+        try:
+            threading.Thread(target=self._accept_loop, name="manager-accepter",
+                             daemon=True).start()
+            if watch_parent:
+                threading.Thread(target=self._watch_parent, name="manager-parent-watch",
+                                 daemon=True).start()
+            try:
+                while not self.stop_event.wait(1.0):
+                    pass
+            except (KeyboardInterrupt, SystemExit):
+                pass
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (thread-safe)."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        """Stop accepting, cut every connection and release the server's resources."""
+        self.stop_event.set()
+        if self._closed:
+            return
+        self._closed = True
+        sock = self._listener
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the accepter blocked in accept()
+        except OSError:
+            pass
+        sock.close()
+        if self._unlink:
+            try:
+                os.unlink(self._unlink)
+            except OSError:
+                pass
+        with self._channels_lock:
+            channels = list(self._channels)
+        for chan in channels:
+            chan.wake()
+        try:
+            self._on_stop()
+        finally:
+            if getattr(process.current_process(), "_manager_server", None) is self:
+                del process.current_process()._manager_server  # type: ignore[attr-defined]
+
+    def _drop_sockets_after_fork(self) -> None:
+        self._closed = True
+        self._unlink = None  # the parent's socket file: not ours to remove
+        self.stop_event = threading.Event()
+        self._channels_lock = threading.Lock()
+        self._listener.close()
+        for chan in list(self._channels):
+            chan.close()
+        self._channels.clear()
+
+    def _on_stop(self) -> None:
+        """Hook for subclasses: release resources when the server stops."""
+
+    def _watch_parent(self) -> None:
+        from ..connection import wait
+
+        parent = process.parent_process()
+        sentinel = getattr(parent, "_sentinel", None) if parent is not None else None
+        ppid = os.getppid()
+        while not self.stop_event.is_set():
+            if sentinel is not None:
+                try:
+                    if wait([sentinel], timeout=1.0):
+                        break
+                except (OSError, ValueError):
+                    sentinel = None
+            elif self.stop_event.wait(0.5):
+                return
+            if os.getppid() != ppid:
+                break
+        else:
+            return
+        logger.info("manager at %r: parent process exited; shutting down", self.address)
+        self.stop_event.set()
+
+    def _accept_loop(self) -> None:
+        sock = self._listener
+        while not self.stop_event.is_set():
+            try:
+                client, peer = sock.accept()
+            except OSError as e:
+                if self.stop_event.is_set() or self._closed:
+                    return
+                if e.errno in _RESOURCE_ERRNOS:
+                    logger.warning("manager at %r: accept failed (%s); retrying", self.address, e)
+                    time.sleep(0.1)
+                else:
+                    logger.info("manager at %r: accept failed: %s", self.address, e)
+                continue
+            try:
+                threading.Thread(target=self._handle_connection, args=(client, peer),
+                                 name="manager-conn", daemon=True).start()
+            except RuntimeError as e:  # can't start a thread
+                logger.warning("manager at %r: dropping %s: %s", self.address,
+                               _describe_peer(client, peer), e)
+                client.close()
+
+    # ---------------------------------------------------------------- connections
+
+    def _handle_connection(self, sock: socket.socket, peer: Any) -> None:
+        name = _describe_peer(sock, peer)
+        try:
+            sock.settimeout(self.handshake_timeout)
+            tune_socket(sock)
+            if self._ssl is not None:
+                sock = server_ssl_wrap(self._ssl, sock)
+            chan = Channel(sock)
+            auth.deliver_challenge(chan, self.authkey)
+            auth.answer_challenge(chan, self.authkey)
+            sock.settimeout(None)
+        except Exception as e:
+            level = logging.INFO if isinstance(e, EOFError) else logging.WARNING
+            logger.log(level, "manager at %r: dropped %s before authentication: %s",
+                       self.address, name, _reason(e))
+            sock.close()
+            return
+        with self._channels_lock:
+            if self._closed:
+                chan.close()
+                return
+            self._channels.add(chan)
+        _proxy.set_serving(self)
+        try:
+            self._serve(chan, name)
+        finally:
+            _proxy.set_serving(None)
+            with self._channels_lock:
+                self._channels.discard(chan)
+            chan.close()
+
+    def _serve(self, chan: Channel, name: str) -> None:
+        """Run one authenticated client's requests until it disconnects."""
+        recv = chan.recv_bytes
+        send = chan.send_bytes
+        dumper = wire.Dumper()
+        plain_dumps = wire._plain_dumps
+        protocol = wire._PROTOCOL
+        is_plain = wire.is_plain
+        loads = wire.loads
+        id_to_obj = self.id_to_obj
+        public = self.public
+        maxlen = self.max_message_size
+        while True:
+            try:
+                data = recv(maxlen)
+            except EOFError:
+                return
+            except BadMessageLength as e:
+                logger.warning("manager at %r: dropped %s: %s (max_message_size=%s)",
+                               self.address, name, e, maxlen)
+                return
+            except OSError as e:
+                if not self.stop_event.is_set():
+                    logger.info("manager at %r: connection to %s lost: %s", self.address, name, e)
+                return
+            methodname = ident = None
+            try:
+                request = loads(data)
+                if len(request) == 2 and request[0] == wire.DECREF:
+                    self._decref_many(request[1])
+                    continue
+                ident, methodname, args, kwds = request
+                if ident is None:
+                    if methodname not in public:
+                        raise AttributeError(f"{methodname!r} unrecognized")
+                    result = getattr(self, methodname)(chan, *args, **kwds)
+                    kind = wire.RETURN
+                else:
+                    try:
+                        obj, exposed, gettypeid = id_to_obj[ident]
+                    except KeyError:
+                        raise KeyError(
+                            f"no shared object with id {ident!r} in this manager (it was "
+                            "released: no proxy held a reference to it)") from None
+                    if methodname not in exposed:
+                        fallback = self.fallback_mapping.get(methodname)
+                        if fallback is None:
+                            raise AttributeError(
+                                f"method {methodname!r} of {type(obj)!r} object is not in "
+                                f"exposed={tuple(sorted(exposed))!r}")
+                        result = fallback(self, chan, ident, obj, *args, **kwds)
+                        kind = wire.RETURN
+                    else:
+                        try:
+                            result = getattr(obj, methodname)(*args, **kwds)
+                        except Exception as e:
+                            result, kind = e, wire.ERROR
+                        else:
+                            kind = wire.RETURN
+                            typeid = gettypeid.get(methodname) if gettypeid else None
+                            if typeid:
+                                rident, rexposed = self.create(chan, typeid, result)
+                                result = (rexposed, _proxy.Token(typeid, self.address, rident,
+                                                                 self.id))
+                                kind = wire.PROXY
+            except Exception:
+                result, kind = format_exc(), wire.TRACEBACK
+            if is_plain(result):
+                out = plain_dumps((kind, result), protocol)
+            else:
+                _proxy.set_responding(True)
+                try:
+                    out = dumper.dumps((kind, result))
+                except Exception:
+                    out = plain_dumps((wire.UNSERIALIZABLE, format_exc()), protocol)
+                finally:
+                    _proxy.set_responding(False)
+            # Drop this request's objects before waiting for the next one: a referent
+            # must not be kept alive by this thread after its last proxy is released.
+            request = args = kwds = obj = result = None
+            try:
+                send(out)
+            except OSError as e:
+                logger.info("manager at %r: could not reply to %s: %s", self.address, name, e)
+                return
+            if methodname == "shutdown" and ident is None and kind == wire.RETURN:
+                self.stop_event.set()
+                return
+
+    # ---------------------------------------------------------------- fallbacks
+
+    def fallback_getvalue(self, conn: Any, ident: Any, obj: Any) -> Any:
+        return obj
+
+    def fallback_str(self, conn: Any, ident: Any, obj: Any) -> str:
+        return str(obj)
+
+    def fallback_repr(self, conn: Any, ident: Any, obj: Any) -> str:
+        return repr(obj)
+
+    fallback_mapping = {
+        "__str__": fallback_str,
+        "__repr__": fallback_repr,
+        "#GETVALUE": fallback_getvalue,
+    }
+
+    # ---------------------------------------------------------------- public functions
+
+    def dummy(self, c: Any) -> None:
+        """Does nothing (used to check a connection)."""
+
+    def hello(self, c: Any, name: str | None = None) -> dict[str, Any]:
+        """Introduce the server to a new polyproc client (and name the serving thread)."""
+        if name:
+            threading.current_thread().name = str(name)[:100]
+        return {"server": self.id, "max_message_size": self.max_message_size, "version": 1}
+
+    def accept_connection(self, c: Any, name: str) -> None:
+        """The stdlib client's way to start serving a connection (every polyproc connection
+        already serves)."""
+        threading.current_thread().name = str(name)[:100]
+
+    def shutdown(self, c: Any) -> None:
+        """Stop the server (after replying)."""
+        util.debug("manager received shutdown message")
+
+    def debug_info(self, c: Any) -> str:
+        """A description of each shared object and its reference count."""
+        with self.mutex:
+            lines = []
+            for ident in sorted(self.id_to_refcount, key=str):
+                obj = self.id_to_obj.get(ident, (None,))[0]
+                lines.append(f"  {ident}:       refcount={self.id_to_refcount[ident]}\n"
+                             f"    {str(obj)[:75]}")
+            return "\n".join(lines)
+
+    def number_of_objects(self, c: Any) -> int:
+        """How many shared objects the server holds."""
+        return len(self.id_to_refcount)
+
+    def get_methods(self, c: Any, token: Any) -> tuple[str, ...]:
+        """The exposed method names of the object ``token`` refers to."""
+        return tuple(self.id_to_obj[token.id][1])
+
+    def create(self, c: Any, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Any, tuple[str, ...]]:
+        """Create a shared object of ``typeid``; return ``(ident, exposed)``.
+
+        The new object starts with one reference, which the caller's proxy adopts.
+        """
+        callable_, exposed, method_to_typeid, _proxytype = self.registry[typeid]
+        if callable_ is None:
+            if kwds or len(args) != 1:
+                raise ValueError("Without callable, must have one non-keyword argument")
+            obj = args[0]
+        else:
+            obj = callable_(*args, **kwds)
+        if exposed is None:
+            exposed = public_methods(obj)
+        if method_to_typeid is not None:
+            if not isinstance(method_to_typeid, dict):
+                raise TypeError(f"Method_to_typeid {method_to_typeid!r}: type "
+                                f"{type(method_to_typeid)!s}, not dict")
+            exposed = list(exposed) + list(method_to_typeid)
+        exposed = tuple(exposed)
+        with self.mutex:
+            ident = self._ident_of.get(id(obj))
+            if ident is not None and self.id_to_obj[ident][0] is obj:
+                self.id_to_refcount[ident] += 1
+            else:
+                ident = next(self._idents)
+                self._ident_of[id(obj)] = ident
+                self.id_to_refcount[ident] = 1
+            self.id_to_obj[ident] = (obj, frozenset(exposed), method_to_typeid)
+        return ident, exposed
+
+    def incref(self, c: Any, ident: Any) -> None:
+        """Add a reference to the object ``ident``."""
+        with self.mutex:
+            try:
+                self.id_to_refcount[ident] += 1
+            except KeyError:
+                raise KeyError(f"no shared object with id {ident!r} (already released)") from None
+
+    def incref_many(self, c: Any, idents: list[Any]) -> None:
+        """Add one reference per entry of ``idents`` (all or none)."""
+        with self.mutex:
+            missing = [i for i in idents if i not in self.id_to_refcount]
+            if missing:
+                raise KeyError(f"no shared objects with ids {missing!r}")
+            for ident in idents:
+                self.id_to_refcount[ident] += 1
+
+    def decref(self, c: Any, ident: Any) -> None:
+        """Drop a reference to ``ident``; the object is released with its last one."""
+        entry = None
+        with self.mutex:
+            count = self.id_to_refcount.get(ident)
+            if count is None:
+                raise KeyError(f"no shared object with id {ident!r} (already released)")
+            if count > 1:
+                self.id_to_refcount[ident] = count - 1
+                return
+            del self.id_to_refcount[ident]
+            entry = self.id_to_obj.pop(ident, None)
+            if entry is not None and self._ident_of.get(id(entry[0])) == ident:
+                del self._ident_of[id(entry[0])]
+        # The object (which may hold proxies of other shared objects, whose finalizers
+        # call decref again) is destroyed here, outside the lock.
+        del entry
+
+    def _decref_many(self, idents: Any) -> None:
+        for ident in idents:
+            try:
+                self.decref(None, ident)
+            except KeyError:
+                util.debug("decref of unknown id %r ignored", ident)
+
+
+def run_server_process(server: Server, watch_parent: bool = True) -> None:
+    """Serve, then end this (manager) process without waiting on stray non-daemon threads."""
+    try:
+        server.serve_forever(watch_parent=watch_parent)
+    finally:
+        try:
+            util._run_finalizers(0)
+            for p in process.active_children():
+                p.terminate()
+            for p in process.active_children():
+                p.join(1.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join(1.0)
+            util._run_finalizers()
+        finally:
+            util._flush_std_streams()
+            sys.stdout.flush()
+            os._exit(0)
