@@ -468,3 +468,13 @@ def test_thread_pool_close_join() -> None:
     p.close()
     p.join()
     assert r.get(0) == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_batch_larger_than_socket_buffer_is_sent_whole(method):
+    # Regression: a partially written batch must register for write readiness, or the worker
+    # waits mid-message forever when nothing else wakes the dispatcher.
+    with polyproc.get_context(method).Pool(2) as pool:
+        assert pool.apply(len, (b"x" * 250_000,)) == 250_000
+        big = [bytes(200) for _ in range(20_000)]  # one ~4 MB batch, in-band
+        assert pool.map(len, big, chunksize=20_000) == [200] * 20_000

@@ -184,8 +184,8 @@ class LocalBackend:
             done = w.writer.flush()
         except OSError:
             return  # the worker died; its sentinel will tell
-        if done != (not w.writing):
-            return
+        if done == (not w.writing):
+            return  # EVENT_WRITE is registered exactly when output is pending: no change
         w.writing = not done
         events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
         try:

@@ -149,17 +149,27 @@ class _IterBase(ResultSink):
         self._cond = threading.Condition(threading.Lock())
         self._done = False
         self._closed = False
+        # Results already taken from the shared buffer, in order: the consumer drains this
+        # without locking, and refills it (one lock, one wakeup) with all that is ready.
+        # They no longer count against the job's window, so memory stays within 2 windows.
+        self._local: collections.deque[tuple[bool, Any]] = collections.deque()
 
     def __iter__(self) -> _IterBase:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
         """The next value; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
+        local = self._local
+        if local:
+            ok, value = local.popleft()
+            if ok:
+                return value
+            raise value
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                found, ok, value = self._pop()
-                if found:
+                if self._refill(local):
+                    ok, value = local.popleft()
                     break
                 if self._done:
                     raise StopIteration
@@ -189,7 +199,8 @@ class _IterBase(ResultSink):
     def cancelled(self) -> bool:
         return self._closed
 
-    def _pop(self) -> tuple[bool, bool, Any]:
+    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
+        """Move every result ready for the consumer into ``local`` (lock held)."""
         raise NotImplementedError
 
 
@@ -218,12 +229,15 @@ class IMapIterator(_IterBase):
             if self._next_index in buffer:
                 self._cond.notify()
 
-    def _pop(self) -> tuple[bool, bool, Any]:
-        item = self._buffer.pop(self._next_index, None)
-        if item is None:
-            return False, False, None
-        self._next_index += 1
-        return True, item[0], item[1]
+    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
+        buffer = self._buffer
+        index = self._next_index
+        while index in buffer:
+            local.append(buffer.pop(index))
+            index += 1
+        found = index != self._next_index
+        self._next_index = index
+        return found
 
     def unconsumed(self) -> int:
         return len(self._buffer)
@@ -250,11 +264,12 @@ class IMapUnorderedIterator(_IterBase):
                 self._buffer.extend(zip(itertools.repeat(True), values))
             self._cond.notify()
 
-    def _pop(self) -> tuple[bool, bool, Any]:
+    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
         if not self._buffer:
-            return False, False, None
-        ok, value = self._buffer.popleft()
-        return True, ok, value
+            return False
+        local.extend(self._buffer)
+        self._buffer.clear()
+        return True
 
     def unconsumed(self) -> int:
         return len(self._buffer)

@@ -86,6 +86,8 @@ class Job:
     def _window(self) -> int:
         # Room for a few batches per worker at the current chunk size, so the window never
         # caps throughput, yet stays a small multiple of one batch: memory stays flat.
+        if self.chunksize:  # the caller chose the batch size: make room for it
+            return max(self.window, self.window_scale * self.chunksize)  # type: ignore[type-var]
         return max(self.window,  # type: ignore[type-var]
                    min(self.window_scale * self.last_size, 4 * MAX_UNKNOWN_CHUNK))
 
