@@ -66,11 +66,17 @@ class ResourceTracker:
     def _start_unlocked(self) -> None:
         import subprocess
 
-        from .._spawn._popen import child_command
+        from .._spawn._popen import get_executable
 
+        # The tracker needs only the stdlib and polyproc: skip `site` (-S), which on many
+        # machines imports .pth hooks that cost more than the tracker itself, and find
+        # polyproc where this process found it.
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         r, w = os.pipe()
         try:
-            cmd = child_command(f"from polyproc._resources.tracker import main; main({r})")
+            cmd = [get_executable(), "-S", "-c",
+                   f"import sys; sys.path.insert(0, {pkg_parent!r}); "
+                   f"from polyproc._resources.tracker import main; main({r})"]
             self._proc = subprocess.Popen(cmd, pass_fds=[r], close_fds=True,
                                           stdin=subprocess.DEVNULL)
         except BaseException:
