@@ -126,11 +126,13 @@ def _cloud_dumps(obj: Any, protocol: int | None) -> bytes:
 
 def dumps(obj: Any, protocol: int | None = None) -> memoryview:
     """Pickle ``obj`` for another process; cloudpickle handles what plain pickle can't."""
-    if _by_value_needed():
-        return memoryview(_cloud_dumps(obj, protocol))
     buf = io.BytesIO()
     try:
         ForkingPickler(buf, protocol).dump(obj)
+        if _by_value_needed() and b"__main__" in buf.getvalue():
+            # It refers to the main module, which a child can't re-import (interactive,
+            # -c, stdin): send those functions and classes by value instead.
+            return memoryview(_cloud_dumps(obj, protocol))
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         try:
             return memoryview(_cloud_dumps(obj, protocol))

@@ -256,7 +256,7 @@ def main(sock_fd: int, alive_fd: int) -> None:
             import_main_for_preload(preload["main"])
         except Exception:
             pass  # children will import it themselves and report the error
-    for name in preload["modules"]:
+    for name in [*preload["modules"], "cloudpickle"]:  # children unpickle lambdas with it
         try:
             __import__(name)
         except ImportError:
