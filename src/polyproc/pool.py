@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import util
@@ -142,7 +142,7 @@ class Pool:
         """``[func(x) for x in iterable]`` computed by the workers, in order."""
         result = self._map_job("map", func, iterable, chunksize, False, None, None, retries,
                                timeout, progress)
-        return _get_or_cancel(result)
+        return result.get()
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, timeout: float | None = None,
@@ -150,7 +150,7 @@ class Pool:
         """Like ``map`` with ``func(*args)`` for each ``args`` of the iterable."""
         result = self._map_job("starmap", func, iterable, chunksize, True, None, None, retries,
                                timeout, progress)
-        return _get_or_cancel(result)
+        return result.get()
 
     def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Any = None,
@@ -274,10 +274,6 @@ def _terminate_backend(backend: Any) -> None:
         backend.join(10)
 
 
-def _get_or_cancel(result: MapResult) -> list[Any]:
-    return result.get()
-
-
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -296,7 +292,3 @@ def _attach_progress(job: Job, progress: Any, total: int | None, name: str) -> N
     from ._engine.progress import make_progress
 
     job.progress = make_progress(progress, total, name)
-
-
-def _iter_of(it: Iterator[Any]) -> Iterator[Any]:
-    return it

@@ -16,7 +16,6 @@ import collections
 import itertools
 import pickle
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -152,7 +151,6 @@ class Scheduler:
         self._func_ids: dict[int, tuple[Any, int]] = {}  # id(func) -> (func, fid)
         self._func_blobs: dict[int, bytes] = {}
         self._func_cost: dict[int, float] = {}
-        self.jobs: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
         self.active: dict[int, Job] = {}
         self.wakeup = wakeup
         self.broken: BaseException | None = None

@@ -405,9 +405,6 @@ class Ring:
         return put_nowait
 
     def _make_try_send(self) -> Callable[[Any, float], bool]:
-        mm = self.mm
-        hq = self.hq
-        cap = self.capacity
         max_whole = self.max_whole
         wlock = self.wlock
         wptr = wlock.ptr
@@ -416,6 +413,7 @@ class Ring:
         items_release = self.items.release
         trylock = _mutex_trylock
         unlock = _mutex_unlock
+        put_nowait = self.put_nowait
 
         def try_send(data: Any, patience: float) -> bool:
             """Take the write lock (waiting at most ``patience`` seconds, and not at all while
@@ -427,32 +425,9 @@ class Ring:
             r = trylock(wptr)
             if r and not acquire_after(r, True, patience, writer_waiting):
                 return False
-            try:  # put_nowait, inlined
-                need = (n + 15) & ~7
-                tail = hq[_I_TAIL]
-                head = hq[_I_HEAD]
-                off = tail % cap
-                rem = cap - off
-                if need > rem:
-                    if tail + rem + need - head > cap:
-                        return False
-                    wrap = True
-                elif tail + need - head > cap:
+            try:
+                if not put_nowait(data):  # the one copy of the commit protocol
                     return False
-                else:
-                    wrap = head == tail and off >= _RESTART_AT and need <= off
-                if wrap:
-                    hq[(_DATA + off) >> 3] = (rem - 8) | _WRAP << _KIND_SHIFT
-                    tail += rem
-                    off = 0
-                start = _DATA + off
-                hq[start >> 3] = n
-                if type(data) is PickledBytes:
-                    data.write_into(mm, start + 8)
-                else:
-                    mm[start + 8:start + 8 + n] = data
-                hq[_I_NPUT] += 1
-                hq[_I_TAIL] = tail + need
             finally:
                 unlock(wptr)
             items_release()
