@@ -409,6 +409,35 @@ def test_ring_counts_and_recovery_tokens():
     assert get(True, 1) == "b"
 
 
+
+def ping_pong_echo(inq, outq, count):
+    for _ in range(count):
+        outq.put(inq.get())
+
+
+def test_no_lost_wakeup_between_sleeping_reader_and_writer(monkeypatch):
+    # Readers sleep on a token that writers post only when ``rwait`` is set; a lost wake-up
+    # would cost a whole wait slice. With the slice at 60 s (inherited by the forked child),
+    # each of these round trips (both sides sleep in get) would then blow the deadline.
+    monkeypatch.setattr(ringmod, "_SLICE", 60.0)
+    monkeypatch.setattr(ringmod, "_SPIN", 0)  # sleep at once: every message races a sleeper
+    ctx = polyproc.get_context("fork")
+    inq, outq = ctx.Queue(), ctx.Queue()
+    count = 2000
+    p = ctx.Process(target=ping_pong_echo, args=(inq, outq, count))
+    p.start()
+    deadline = time.monotonic() + 30
+    try:
+        for i in range(count):
+            inq.put(i)
+            assert outq.get(timeout=max(0.01, deadline - time.monotonic())) == i
+    finally:
+        p.join(30)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    assert p.exitcode == 0
+
 # ---------------------------------------------------------------- children, all start methods
 
 

@@ -100,10 +100,21 @@ def _dumps(obj: Any) -> bytes:
     return data
 
 
+#: Types the pickler writes itself, never asking a reducer: such objects, and tuples of them,
+#: pickle the same with the plain ``pickle.dumps`` (half the cost of a configured Pickler).
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None)})
+_plain_dumps = pickle.dumps
+
+
 def _pickle(obj: Any) -> Any:
     """What ``put`` writes for ``obj``: its pickle (large ``bytes`` are not copied here)."""
-    if type(obj) is bytes and len(obj) > _BIG_BYTES:
-        return PickledBytes(obj)
+    t = type(obj)
+    if t in _ATOMIC:
+        if t is bytes and len(obj) > _BIG_BYTES:
+            return PickledBytes(obj)
+        return _plain_dumps(obj, 5)
+    if t is tuple and _ATOMIC.issuperset(map(type, obj)):
+        return _plain_dumps(obj, 5)
     return _dumps(obj)
 
 

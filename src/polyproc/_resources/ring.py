@@ -6,15 +6,17 @@ One anonymous ``memfd`` segment (no name anywhere, so nothing can leak: the kern
 the last process holding it exits) holds a 4 KiB header and the data area::
 
     0     magic, version, capacity
-    64    tail, n_put, wwait        (the writers' cache line)
+    64    tail, wwait               (the writers' cache line, polled by readers)
     128   head, n_got               (the readers' cache line)
+    192   rwait, n_put              (rwait: set while a reader sleeps; read by writers)
     256   six unnamed process-shared POSIX semaphores (sem_t), 64 bytes apart:
           items, space, slots, unfinished, done, joiners
     640   the write lock and the read lock: robust process-shared pthread mutexes
     4096  data area (``capacity`` bytes)
 
 ``head`` and ``tail`` are byte positions that only grow; ``pos % capacity`` is the offset in the
-data area. Records are 8-byte aligned: an 8-byte header ``(payload length, kind)`` then the
+data area. Records start on 64-byte cache lines (so a writer appending the next record never
+writes the line a reader is reading): an 8-byte header ``(payload length, kind)`` then the
 payload. A message is one ``WHOLE`` record, or, when larger than half the ring, a stream of
 ``FIRST``/``MIDDLE``/``LAST`` chunks written while the writer keeps the write lock. A record
 never wraps around the end of the data area: the writer skips the rest with a ``WRAP`` record
@@ -25,13 +27,20 @@ Protocol
 --------
 * A writer holds the write lock, writes a record past ``tail``, then stores the new ``tail``
   (the commit: a single aligned 8-byte store made after the payload is written), unlocks, and
-  posts one ``items`` token. A writer killed at any point leaves the ring consistent: what it
-  did not commit is invisible.
+  posts an ``items`` token if ``rwait`` says a reader sleeps. A writer killed at any point
+  leaves the ring consistent: what it did not commit is invisible.
 * A reader holds the read lock, reads the record at ``head`` if ``head != tail``, and stores
-  the new ``head`` after it has finished with the payload. Otherwise it waits for an ``items``
-  token. The ring is the truth and tokens are only wake-up calls: a reader that finds a record
-  without waiting takes a token if there is one; a surplus token costs one spurious wake-up; a
-  missing one (its writer died between commit and post) at most one wait slice.
+  the new ``head`` after it has finished with the payload. Otherwise it polls a little, then
+  sets ``rwait``, issues a full barrier, looks at ``tail`` once more and sleeps on ``items``.
+  The writer's unlock is a full barrier too (POSIX: mutex operations synchronize memory), so
+  either the reader sees the new ``tail`` or the writer sees ``rwait`` (Dekker's handshake):
+  no wake-up is lost. Only one reader can sleep at a time (it holds the read lock). The ring
+  is the truth and tokens are only wake-up calls: a surplus token costs one spurious wake-up;
+  a missing one (its writer died between commit and post) at most one wait slice. A message
+  thus costs no semaphore operation at all while the reader keeps up or lags behind.
+* Each side caches the other's position: positions only grow, so a writer's stale ``head``
+  under-estimates the free space and a reader's stale ``tail`` the data ready; each re-reads
+  the other's cache line only when its cached value says "no room" / "nothing ready".
 * A writer that needs space sets ``wwait`` and waits on ``space``; readers post ``space`` after
   moving ``head`` when they see ``wwait`` set.
 * The locks are robust mutexes (``PTHREAD_MUTEX_ROBUST``): when a process dies holding one, the
@@ -82,12 +91,13 @@ DEFAULT_CAPACITY = 4 * 1024 * 1024
 _MIN_CAPACITY = 4096
 
 _MAGIC = 0x636F7270796C6F70  # b"polyproc" little-endian
-_VERSION = 1
+_VERSION = 2
 
 _OFF_MAGIC = 0
-_OFF_TAIL = 64  # tail, n_put, wwait
+_OFF_TAIL = 64  # tail, wwait
 _OFF_WWAIT = 80
 _OFF_HEAD = 128  # head, n_got
+_OFF_RWAIT = 192  # rwait, n_put: n_put is not beside tail, which a polling reader reads
 _OFF_SEMS = 256
 _SEM_NAMES = ("items", "space", "slots", "unfinished", "done", "joiners")
 _OFF_WLOCK = 640
@@ -250,8 +260,9 @@ def _check(r: int) -> None:
 # ---------------------------------------------------------------- the ring
 
 # Indexes of the header's 8-byte words (``Ring.hq`` is the segment seen as an array of u64).
-_I_TAIL, _I_NPUT, _I_WWAIT = _OFF_TAIL // 8, _OFF_TAIL // 8 + 1, _OFF_WWAIT // 8
+_I_TAIL, _I_WWAIT = _OFF_TAIL // 8, _OFF_WWAIT // 8
 _I_HEAD, _I_NGOT = _OFF_HEAD // 8, _OFF_HEAD // 8 + 1
+_I_RWAIT, _I_NPUT = _OFF_RWAIT // 8, _OFF_RWAIT // 8 + 1
 _KIND_SHIFT = 32  # a record header word is ``length | kind << 32``
 _LEN_MASK = (1 << 32) - 1
 #: Times a reader polls an empty ring before it sleeps (a sleep costs the writer a wake-up).
@@ -340,8 +351,8 @@ class Ring:
 
     def _repair_reader(self) -> None:
         # The dead reader never moved head past a record it had not finished; the rest of
-        # a stream it had half read is skipped by the next reader. Nothing to do.
-        pass
+        # a stream it had half read is skipped by the next reader. It may have died asleep.
+        self.hq[_I_RWAIT] = 0
 
     # -- state --------------------------------------------------------------------------------
 
@@ -366,28 +377,35 @@ class Ring:
         hq = self.hq
         cap = self.capacity
         max_whole = self.max_whole
+        head_seen = 0  # the readers' position as last read here (only grows)
 
         def put_nowait(data: Any) -> bool:
             """Append ``data`` as one message if the ring has room now; False otherwise.
 
-            The caller holds the write lock and posts one ``items`` token after unlocking.
+            The caller holds the write lock, and after unlocking posts an ``items`` token if
+            a reader sleeps (``rwait``).
             """
+            nonlocal head_seen
             n = len(data)
             if n > max_whole:
                 return False
-            need = (n + 15) & ~7
+            need = (n + 71) & ~63
             tail = hq[_I_TAIL]
-            head = hq[_I_HEAD]
             off = tail % cap
             rem = cap - off
-            if need > rem:
-                if tail + rem + need - head > cap:
+            span = need if need <= rem else rem + need  # with the skipped end, if it wraps
+            if tail + span - head_seen > cap:
+                head_seen = hq[_I_HEAD]
+                if tail + span - head_seen > cap:
                     return False
+            if need > rem:
                 wrap = True
-            elif tail + need - head > cap:
-                return False
-            else:  # back to the start of the area when the ring is empty
-                wrap = head == tail and off >= _RESTART_AT and need <= off
+            elif off >= _RESTART_AT and need <= off and (off & 4095) < need:
+                # Once per page written: if the ring is empty, go back to its start.
+                head_seen = hq[_I_HEAD]
+                wrap = head_seen == tail
+            else:
+                wrap = False
             if wrap:
                 hq[(_DATA + off) >> 3] = (rem - 8) | _WRAP << _KIND_SHIFT
                 tail += rem
@@ -411,6 +429,7 @@ class Ring:
         acquire_after = wlock.acquire_after
         writer_waiting = self.writer_waiting
         items_release = self.items.release
+        hq = self.hq
         trylock = _mutex_trylock
         unlock = _mutex_unlock
         put_nowait = self.put_nowait
@@ -418,7 +437,7 @@ class Ring:
         def try_send(data: Any, patience: float) -> bool:
             """Take the write lock (waiting at most ``patience`` seconds, and not at all while
             its holder waits for space), append ``data`` as one message if it fits now, and
-            post its token. False if the message was not written."""
+            wake a sleeping reader. False if the message was not written."""
             n = len(data)
             if n > max_whole:
                 return False
@@ -429,21 +448,22 @@ class Ring:
                 if not put_nowait(data):  # the one copy of the commit protocol
                     return False
             finally:
-                unlock(wptr)
-            items_release()
+                unlock(wptr)  # a full barrier: the commit is visible before rwait is read
+            if hq[_I_RWAIT]:
+                items_release()
             return True
 
         return try_send
 
     def write(self, data: Any) -> None:
         """Append ``data`` as one message, waiting for space and streaming it in chunks if it
-        is larger than half the ring. Holds the write lock; posts the tokens itself."""
+        is larger than half the ring. Holds the write lock; wakes a sleeping reader itself."""
         if len(data) <= self.max_whole:
             if not self.put_nowait(data):
-                self._wait_space((len(data) + 15) & ~7)
+                self._wait_space((len(data) + 71) & ~63)
                 if not self.put_nowait(data):  # pragma: no cover - _wait_space guarantees it
                     raise RuntimeError("queue ring: no space after waiting")
-            self.items.release()
+            self._wake_reader()
             return
         if type(data) is PickledBytes:
             data = bytes(data)
@@ -467,7 +487,7 @@ class Ring:
                 kind, plen = _FIRST, c + 8
             else:
                 kind, plen = (_LAST if pos + c == total else _MIDDLE), c
-            need = (plen + 15) & ~7
+            need = (plen + 71) & ~63
             self._wait_space(need)
             tail = hq[_I_TAIL]
             off = tail % cap
@@ -486,9 +506,15 @@ class Ring:
             if kind == _LAST:
                 hq[_I_NPUT] += 1
             hq[_I_TAIL] = tail + need  # the commit
-            self.items.release()
+            self._wake_reader()
             pos += c
             first = False
+
+    def _wake_reader(self) -> None:
+        """After a commit made holding the write lock: post a token if a reader sleeps."""
+        _fence()  # the commit must be visible before rwait is read (Dekker's handshake)
+        if self.hq[_I_RWAIT]:
+            self.items.release()
 
     def _room(self, need: int) -> bool:
         hq = self.hq
@@ -528,14 +554,15 @@ class Ring:
         rlock = self.rlock
         rptr = rlock.ptr
         acquire_after = rlock.acquire_after
-        items_acquire = self.items.acquire
         space_release = self.space.release
         get_slow = self._get_slow
         trylock = _mutex_trylock
         unlock = _mutex_unlock
         monotonic = time.monotonic
+        tail_seen = 0  # the writers' position as last read here (only grows)
 
         def get(block: bool = True, timeout: float | None = None) -> Any:
+            nonlocal tail_seen
             r = trylock(rptr)
             deadline = None
             if r:
@@ -545,15 +572,14 @@ class Ring:
                     raise empty
             try:
                 head = hq[_I_HEAD]
-                if head != hq[_I_TAIL]:
+                if head < tail_seen or head < (tail_seen := hq[_I_TAIL]):
                     off = head % cap
                     n = hq[(_DATA + off) >> 3]
                     if n <= _COPY_LIMIT:  # a _WHOLE record (other kinds have high bits set)
                         s = _DATA + 8 + off
                         data = mm[s:s + n]
                         hq[_I_NGOT] += 1
-                        hq[_I_HEAD] = head + ((n + 15) & ~7)
-                        items_acquire(False)
+                        hq[_I_HEAD] = head + ((n + 71) & ~63)
                         loaded = False
                     else:
                         loaded, data = get_slow(block, timeout, deadline, loads, empty)
@@ -573,14 +599,25 @@ class Ring:
 
         return get
 
+    def _sleep(self, wait: float) -> bool:
+        """Wait (holding the read lock) at most ``wait`` seconds for a writer's commit; False
+        if none came. Sets ``rwait`` so that writers post a token (see the module doc)."""
+        hq = self.hq
+        hq[_I_RWAIT] = 1
+        try:
+            _fence()  # rwait must be visible before tail is read (Dekker's handshake)
+            if hq[_I_HEAD] != hq[_I_TAIL]:
+                return True
+            return self.items.acquire(True, wait)
+        finally:
+            hq[_I_RWAIT] = 0
+
     def _get_slow(self, block: bool, timeout: float | None, deadline: float | None,
                   loads: Callable[[Any], Any], empty: type[Exception]) -> tuple[bool, Any]:
         """Read one message holding the read lock: waits, wraps, streams, stale chunks."""
         mm = self.mm
         hq = self.hq
         cap = self.capacity
-        items = self.items
-        have_token = False
         stream: bytearray | None = None
         spos = 0
         spin = _SPIN if block else 0
@@ -595,8 +632,7 @@ class Ring:
                 if stream is not None:
                     # In the middle of a message: wait for its next chunk whatever the
                     # timeout, but notice if its writer died or gave up.
-                    have_token = items.acquire(True, _SLICE)
-                    if not have_token and self._stream_abandoned():
+                    if not self._sleep(_SLICE) and self._stream_abandoned():
                         stream = None
                     continue
                 if not block:
@@ -607,7 +643,7 @@ class Ring:
                     if remaining <= 0:
                         raise empty
                     wait = min(wait, remaining)
-                have_token = items.acquire(True, wait)
+                self._sleep(wait)
                 continue
             off = head % cap
             word = hq[(_DATA + off) >> 3]
@@ -617,7 +653,7 @@ class Ring:
                 hq[_I_HEAD] = head + cap - off
                 continue
             s = _DATA + off + 8
-            size = (n + 15) & ~7
+            size = (n + 71) & ~63
             result: Any = None
             done = False
             if kind == _WHOLE:
@@ -651,10 +687,6 @@ class Ring:
             if kind == _WHOLE or kind == _LAST:
                 hq[_I_NGOT] += 1
             hq[_I_HEAD] = head + size
-            if have_token:
-                have_token = False
-            else:
-                items.acquire(False)
             if done:
                 return result
 
