@@ -141,9 +141,14 @@ class ProcessPoolExecutor(Executor):
             backend = self._ensure_backend()
             it = IMapIterator()
             total = None
-            if len(iterables) == 1 and hasattr(iterables[0], "__len__"):
-                total = len(iterables[0])  # type: ignore[arg-type]
-            job = Job("map", fn, zip(*iterables, strict=False), it, star=True, chunksize=chunksize,
+            if len(iterables) == 1:
+                # One iterable: its items are the arguments (no 1-tuples to make and pickle).
+                source, star = iterables[0], False
+                if hasattr(iterables[0], "__len__"):
+                    total = len(iterables[0])  # type: ignore[arg-type]
+            else:
+                source, star = zip(*iterables, strict=False), True
+            job = Job("map", fn, source, it, star=star, chunksize=chunksize,
                       retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW)
             if progress:
                 from ._engine.progress import make_progress
@@ -176,20 +181,23 @@ class ProcessPoolExecutor(Executor):
 
 
 def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
+    next_chunk = it._next_chunk
     try:
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                value = it.next(remaining)
+                values, errors = next_chunk(remaining)
             except StopIteration:
                 return
-            except _ProcessTimeoutError as e:
-                # A task's outcome (TaskTimeoutError, or a polyproc.TimeoutError the task
-                # raised: it has the worker's traceback as cause) is not our deadline.
-                if deadline is None or isinstance(e, TaskTimeoutError) or e.__cause__ is not None:
-                    raise
+            except _ProcessTimeoutError:
                 raise TimeoutError from None
-            yield value
+            if errors is None:
+                yield from values
+                continue
+            for pos, value in enumerate(values):
+                if pos in errors:
+                    raise errors[pos]
+                yield value
     finally:
         it.close()
 

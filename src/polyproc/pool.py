@@ -130,7 +130,7 @@ class Pool:
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
         result = MapResult(length, callback, error_callback)
-        job = Job(name, func, iter(iterable), result, length=length, star=star,
+        job = Job(name, func, iterable, result, length=length, star=star,
                   chunksize=chunksize, retries=retries, timeout=timeout)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
@@ -175,7 +175,7 @@ class Pool:
         retries, timeout = self._options(retries, timeout)
         _check_chunksize(chunksize)
         length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-        job = Job(name, func, iter(iterable), sink, length=None, star=star,
+        job = Job(name, func, iterable, sink, length=None, star=star,
                   chunksize=chunksize, retries=retries, timeout=timeout, window=_IMAP_WINDOW)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)

@@ -121,6 +121,8 @@ class LocalBackend:
 
     def _start_worker(self, slot: int) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for sock in (parent_sock, child_sock):
+            _widen(sock)
         close_fds: tuple[int, ...] = ()
         if self._fork:
             # A forked worker inherits every fd of ours; close the pool's private ones.
@@ -403,6 +405,20 @@ def _terminated_error() -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError("the pool was terminated before this task finished")
+
+
+#: Socket buffer asked for each side of a worker's connection (the kernel caps it at
+#: ``net.core.wmem_max``): a batch or its results then fit in the socket, so neither side
+#: waits for the other to be scheduled to read a frame in pieces.
+SOCKET_BUFFER = 4 << 20
+
+
+def _widen(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
 
 
 def wire_has_data(sock: socket.socket) -> bool:

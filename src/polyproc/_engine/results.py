@@ -9,7 +9,6 @@ backpressure that keeps ``imap`` memory bounded). ``AsyncResult``, ``MapResult``
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -145,32 +144,53 @@ class MapResult(AsyncResult):
 
 
 class _IterBase(ResultSink):
+    """Outcomes travel in chunks ``(values, errors)``: a batch's values list as the worker
+    sent it, and None or ``{position: exception}``; a consumer takes whole chunks."""
+
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._done = False
         self._closed = False
-        # Results already taken from the shared buffer, in order: the consumer drains this
+        self._count = 0  # outcomes in the shared buffer, not taken by the consumer yet
+        # Chunks already taken from the shared buffer, in order: the consumer drains this
         # without locking, and refills it (one lock, one wakeup) with all that is ready.
         # They no longer count against the job's window, so memory stays within 2 windows.
-        self._local: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._local: collections.deque[tuple[list[Any], dict[int, Any] | None]] = \
+            collections.deque()
+        self._cur: list[Any] = []  # the chunk ``next()`` is going through
+        self._cur_errors: dict[int, Any] | None = None
+        self._pos = 0
 
     def __iter__(self) -> _IterBase:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
         """The next value; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
+        pos = self._pos
+        cur = self._cur
+        if pos < len(cur):
+            self._pos = pos + 1
+            errors = self._cur_errors
+            if errors is None or pos not in errors:
+                return cur[pos]
+            raise errors[pos]
+        values, errors = self._next_chunk(timeout)
+        self._cur, self._cur_errors, self._pos = values, errors, 1
+        if errors is None or 0 not in errors:
+            return values[0]
+        raise errors[0]
+
+    __next__ = next
+
+    def _next_chunk(self, timeout: float | None = None) -> tuple[list[Any], dict[int, Any] | None]:
+        """The next chunk of outcomes (for consumers that take whole chunks instead of
+        calling ``next``); StopIteration at the end, TimeoutError as ``next``."""
         local = self._local
         if local:
-            ok, value = local.popleft()
-            if ok:
-                return value
-            raise value
+            return local.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while True:
-                if self._refill(local):
-                    ok, value = local.popleft()
-                    break
+            while not self._refill(local):
                 if self._done:
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -180,12 +200,7 @@ class _IterBase(ResultSink):
                 self._cond.wait(0.25 if remaining is None else min(remaining, 0.25))
         if self.wakeup is not None:
             self.wakeup()
-        if ok:
-            return value
-        raise value
-
-    def __next__(self) -> Any:
-        return self.next()
+        return local.popleft()
 
     def finish(self) -> None:
         with self._cond:
@@ -199,9 +214,17 @@ class _IterBase(ResultSink):
     def cancelled(self) -> bool:
         return self._closed
 
-    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
-        """Move every result ready for the consumer into ``local`` (lock held)."""
+    def unconsumed(self) -> int:
+        return self._count
+
+    def _refill(self, local: collections.deque[tuple[list[Any], dict[int, Any] | None]]
+                ) -> bool:
+        """Move every chunk ready for the consumer into ``local`` (lock held)."""
         raise NotImplementedError
+
+
+def _one(ok: bool, value: Any) -> tuple[list[Any], dict[int, Any] | None]:
+    return ([value], None) if ok else ([None], {0: value})
 
 
 class IMapIterator(_IterBase):
@@ -209,38 +232,37 @@ class IMapIterator(_IterBase):
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer: dict[int, tuple[bool, Any]] = {}
+        self._buffer: dict[int, tuple[list[Any], dict[int, Any] | None]] = {}  # by 1st index
         self._next_index = 0
 
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
-            self._buffer[index] = (ok, value)
+            self._buffer[index] = _one(ok, value)
+            self._count += 1
             if index == self._next_index:
                 self._cond.notify()
 
     def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
+        if type(indices) is not range:  # tasks run again after a worker died: one by one
+            super().deliver_batch(indices, values, errors)
+            return
         with self._cond:
-            buffer = self._buffer
-            for pos, index in enumerate(indices):
-                if errors and pos in errors:
-                    buffer[index] = (False, errors[pos])
-                else:
-                    buffer[index] = (True, values[pos])
-            if self._next_index in buffer:
+            self._buffer[indices.start] = (values, errors or None)
+            self._count += len(values)
+            if indices.start == self._next_index:
                 self._cond.notify()
 
-    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
+    def _refill(self, local: collections.deque[tuple[list[Any], dict[int, Any] | None]]
+                ) -> bool:
         buffer = self._buffer
-        index = self._next_index
+        index = start = self._next_index
         while index in buffer:
-            local.append(buffer.pop(index))
-            index += 1
-        found = index != self._next_index
+            chunk = buffer.pop(index)
+            local.append(chunk)
+            index += len(chunk[0])
+        self._count -= index - start
         self._next_index = index
-        return found
-
-    def unconsumed(self) -> int:
-        return len(self._buffer)
+        return index != start
 
 
 class IMapUnorderedIterator(_IterBase):
@@ -248,31 +270,29 @@ class IMapUnorderedIterator(_IterBase):
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffer: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._buffer: collections.deque[tuple[list[Any], dict[int, Any] | None]] = \
+            collections.deque()
 
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         with self._cond:
-            self._buffer.append((ok, value))
+            self._buffer.append(_one(ok, value))
+            self._count += 1
             self._cond.notify()
 
     def deliver_batch(self, indices: Any, values: list[Any], errors: dict[int, Any] | None) -> None:
         with self._cond:
-            if errors:
-                self._buffer.extend((pos not in errors, errors.get(pos, v))
-                                    for pos, v in enumerate(values))
-            else:
-                self._buffer.extend(zip(itertools.repeat(True), values))
+            self._buffer.append((values, errors or None))
+            self._count += len(values)
             self._cond.notify()
 
-    def _refill(self, local: collections.deque[tuple[bool, Any]]) -> bool:
+    def _refill(self, local: collections.deque[tuple[list[Any], dict[int, Any] | None]]
+                ) -> bool:
         if not self._buffer:
             return False
         local.extend(self._buffer)
         self._buffer.clear()
+        self._count = 0
         return True
-
-    def unconsumed(self) -> int:
-        return len(self._buffer)
 
 
 class FutureSink(ResultSink):

@@ -7,7 +7,9 @@ outcome through its job's result sink: a value, the task's exception, ``WorkerLo
 
 Chunking is adaptive: a job starts with one task per batch, measures the cost per task that
 workers report, and grows batches (by at most ``GROWTH`` per step) toward ``TARGET_NS`` of
-work, capped so the tail of a known-length job still spreads over every worker.
+work. For a job of known length, batches shrink again as its end nears (at most a
+``2 * workers``-th of what is left, "guided" scheduling, down to ``TAIL_NS`` of work), so the
+last batches end together on every worker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import collections
 import itertools
 import pickle
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import reduction
@@ -24,6 +26,7 @@ from .errors import TaskTimeoutError, WorkerLostError, describe_exit
 from .results import ResultSink
 
 TARGET_NS = 4_000_000  # aim for ~4 ms of work per batch
+TAIL_NS = 500_000  # the smallest batch near the end of a job (when its tasks are tiny)
 GROWTH = 8
 MAX_UNKNOWN_CHUNK = 4096  # cap for inputs of unknown length (keeps imap memory flat)
 MIXED = -1
@@ -37,11 +40,11 @@ class Job:
         "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
         "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
         "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
-        "progress", "window_scale",
+        "progress", "window_scale", "seq",
         "__weakref__",
     )
 
-    def __init__(self, name: str, func: Callable[..., Any], source: Iterator[Any], sink: ResultSink,
+    def __init__(self, name: str, func: Callable[..., Any], source: Iterable[Any], sink: ResultSink,
                  *, length: int | None = None, star: bool = False,
                  kwargs: dict[str, Any] | None = None, chunksize: int | None = None,
                  retries: int = 0, timeout: float | None = None, window: int | None = None,
@@ -52,7 +55,9 @@ class Job:
         self.fid = 0
         self.star = star
         self.kwargs = kwargs
-        self.source = source
+        # A list or tuple is sliced (a batch is one C-level copy), anything else iterated.
+        self.seq = source if type(source) in (list, tuple) else None
+        self.source = iter(source)
         self.length = length
         self.chunksize = chunksize
         self.sink = sink
@@ -105,12 +110,16 @@ class Job:
             return indices, items, False
         if self.window is not None:
             n = max(1, min(n, self._window() - self.inflight - self.sink.unconsumed()))
-        items = list(itertools.islice(self.source, n))
         start = self.next_index
+        if self.seq is not None:
+            items = self.seq[start:start + n]
+        else:
+            items = list(itertools.islice(self.source, n))
         self.next_index += len(items)
-        if len(items) < n:
+        if len(items) < n or (self.seq is not None and self.next_index == len(self.seq)):
             self.exhausted = True
             self.source = iter(())
+            self.seq = None
         return range(start, start + len(items)), items, False  # type: ignore[return-value]
 
 
@@ -298,10 +307,13 @@ class Scheduler:
             return job.chunksize
         if job.cost_ns is None:
             return 1
-        size = int(TARGET_NS / max(job.cost_ns, 1.0))
+        cost = max(job.cost_ns, 1.0)
+        size = int(TARGET_NS / cost)
         size = max(1, min(size, job.last_size * GROWTH))
         if job.length is not None:
-            cap = -(-job.length // (self.n_workers * 4))
+            guided = max(-(-(job.length - job.next_index) // (self.n_workers * 2)),
+                         int(TAIL_NS / cost))
+            cap = min(-(-job.length // (self.n_workers * 4)), guided)
         else:
             cap = MAX_UNKNOWN_CHUNK
         return max(1, min(size, cap))
