@@ -21,11 +21,21 @@ import time
 from typing import Any
 
 from . import wire
-from .errors import UnpicklableError, _ExceptionWithTraceback
 from .slots import Slots
 
 MIXED = -1
 STOP = None
+
+
+def _with_traceback(exc: BaseException) -> Any:
+    """``exc`` as an ``errors._ExceptionWithTraceback``, to send to the parent.
+
+    Imported on the first error only: `errors` needs concurrent.futures (and with it
+    logging), which would cost every spawn and forkserver worker's start several ms.
+    """
+    from .errors import _ExceptionWithTraceback
+
+    return _ExceptionWithTraceback(exc)
 
 
 def _watch_parent(sentinel: int) -> None:
@@ -57,7 +67,7 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
         try:
             initializer(*initargs)
         except BaseException as e:
-            _send(sock, ("init", _ExceptionWithTraceback(e)))
+            _send(sock, ("init", _with_traceback(e)))
             return
     funcs: dict[int, Any] = {}
     done = 0
@@ -105,7 +115,7 @@ def _run_fast(func: Any, star: bool, items: list) -> tuple[list, dict | None]:
         except Exception as e:
             if errors is None:
                 errors = {}
-            errors[len(values)] = _ExceptionWithTraceback(e)
+            errors[len(values)] = _with_traceback(e)
             values.append(None)
 
 
@@ -122,7 +132,7 @@ def _run_precise(func: Any, star: bool, items: list, slot: Any) -> tuple[list, d
         except Exception as e:
             if errors is None:
                 errors = {}
-            errors[pos] = _ExceptionWithTraceback(e)
+            errors[pos] = _with_traceback(e)
             values.append(None)
     return values, errors
 
@@ -139,7 +149,7 @@ def _run_mixed(funcs: dict, items: list, slot: Any) -> tuple[list, dict | None]:
         except Exception as e:
             if errors is None:
                 errors = {}
-            errors[pos] = _ExceptionWithTraceback(e)
+            errors[pos] = _with_traceback(e)
             values.append(None)
     return values, errors
 
@@ -167,15 +177,19 @@ def _isolate_unpicklable(values: list, errors: dict | None) -> tuple[list, dict]
             for fd in wire.dumps(value)[1]:
                 os.close(fd)  # only testing that it pickles
         except Exception as e:
+            from .errors import UnpicklableError
+
             values[pos] = None
-            errors[pos] = _ExceptionWithTraceback(UnpicklableError(
+            errors[pos] = _with_traceback(UnpicklableError(
                 f"the result {value!r:.200} cannot be pickled to send it to the parent: {e}"))
     for pos, err in list(errors.items()):
         try:
             pickle.dumps(err)
         except Exception as e:
+            from .errors import UnpicklableError
+
             exc = err.exc
-            errors[pos] = _ExceptionWithTraceback(UnpicklableError(
+            errors[pos] = _with_traceback(UnpicklableError(
                 f"the task raised {type(exc).__name__}: {exc!s:.500}, which cannot be "
                 f"pickled to send it to the parent ({e}); its traceback:\n{err.tb}"))
     return values, errors

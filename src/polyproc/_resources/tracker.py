@@ -9,11 +9,9 @@ reaches EOF and the tracker unlinks what is still registered, warning with the n
 
 from __future__ import annotations
 
+import _thread
 import os
-import signal
 import sys
-import threading
-import warnings
 
 __all__ = ["register", "unregister", "ensure_running", "getfd"]
 
@@ -42,9 +40,9 @@ class ResourceTracker:
     """This process's connection to its tree's tracker process."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._fd: int | None = None
-        self._proc: object | None = None
+        self._proc: int | None = None  # the tracker's pid, if this process started it
 
     def getfd(self) -> int:
         """The tracker pipe's write end, starting the tracker if needed."""
@@ -64,21 +62,37 @@ class ResourceTracker:
             self._start_unlocked()
 
     def _start_unlocked(self) -> None:
-        import subprocess
+        import signal
 
         from .._spawn._popen import get_executable
 
-        # The tracker needs only the stdlib and polyproc: skip `site` (-S), which on many
-        # machines imports .pth hooks that cost more than the tracker itself, and find
-        # polyproc where this process found it.
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # The tracker starts while the first child does, on the same CPUs: keep it light.
+        # Skip `site` (-S; .pth hooks can cost more than the tracker itself) and run this
+        # file's code without importing the polyproc package (whose __init__ imports most of
+        # polyproc); `posix_spawn`, not `subprocess` (an import of its own on a first start).
+        # The command line still names this module: `doctor` and the tests find trackers so.
+        if self._proc is not None:  # the tracker we started died: don't leave a zombie
+            try:
+                os.waitpid(self._proc, os.WNOHANG)
+            except ChildProcessError:
+                pass
         r, w = os.pipe()
         try:
-            cmd = [get_executable(), "-S", "-c",
-                   f"import sys; sys.path.insert(0, {pkg_parent!r}); "
-                   f"from polyproc._resources.tracker import main; main({r})"]
-            self._proc = subprocess.Popen(cmd, pass_fds=[r], close_fds=True,
-                                          stdin=subprocess.DEVNULL)
+            path = os.path.abspath(__file__)
+            if os.path.isfile(path):
+                boot = (f"__name__ = {__name__!r}; p = {path!r}; "
+                        f"exec(compile(open(p, 'rb').read(), p, 'exec')); main({r})")
+            else:  # not a plain file (a zip?): import it, from where this process found it
+                pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+                boot = (f"import sys; sys.path.insert(0, {pkg_parent!r}); "
+                        f"from {__name__} import main; main({r})")
+            os.set_inheritable(r, True)  # the read end only: the tracker holds no write end
+            exe = get_executable()
+            # Like subprocess's defaults: stdin from /dev/null, SIGPIPE and SIGXFSZ default.
+            self._proc = os.posix_spawn(
+                exe, [exe, "-S", "-c", boot], os.environ,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         except BaseException:
             os.close(w)
             raise
@@ -113,7 +127,7 @@ class ResourceTracker:
 
 _tracker = ResourceTracker()
 # A child forked while another thread held the lock must not inherit it locked.
-os.register_at_fork(after_in_child=lambda: setattr(_tracker, "_lock", threading.Lock()))
+os.register_at_fork(after_in_child=lambda: setattr(_tracker, "_lock", _thread.allocate_lock()))
 ensure_running = _tracker.ensure_running
 getfd = _tracker.getfd
 register = _tracker.register
@@ -122,9 +136,20 @@ unregister = _tracker.unregister
 
 def main(fd: int) -> None:
     """Run the tracker: read commands until every writer is gone, then clean up."""
+    # Hold nothing but our pipe and the standard streams (posix_spawn passed on every
+    # inheritable fd; a pipe of someone else's held open here would never see EOF).
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        other = int(name)
+        if other > 2 and other != fd:
+            try:
+                os.close(other)
+            except OSError:
+                pass
     # Ctrl-C and SIGTERM sent to the whole process group must not stop the cleanup.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import _signal  # not `signal`: its enums cost the tracker's start more than the rest
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     registered: dict[str, set[str]] = {rtype: set() for rtype in _CLEANUP}
     try:
         with open(fd, "rb") as f:
@@ -142,6 +167,8 @@ def main(fd: int) -> None:
         for rtype, names in registered.items():
             if not names:
                 continue
+            import warnings
+
             warnings.warn(
                 f"polyproc resource tracker: {len(names)} leaked {rtype} object(s) to clean "
                 f"up at shutdown: {sorted(names)}",

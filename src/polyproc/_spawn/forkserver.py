@@ -38,6 +38,9 @@ from .bootstrap import get_preparation_data, import_main_for_preload
 MAXFDS_TO_SEND = 256
 _STATUS = struct.Struct("i")
 _PID = struct.Struct("q")
+#: Seconds without a request after which the server imports what it deferred (a pool's
+#: requests come back to back; a gap this long means its workers are started).
+_PRELOAD_WHEN_IDLE = 0.01
 
 
 class ForkServer:
@@ -256,12 +259,12 @@ def main(sock_fd: int, alive_fd: int) -> None:
             import_main_for_preload(preload["main"])
         except Exception:
             pass  # children will import it themselves and report the error
-    for name in [*preload["modules"], "cloudpickle"]:  # children unpickle lambdas with it
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-    util._run_finalizers()  # nothing the preload registered must run in children
+    # Modules that spare each child an import. cloudpickle (for what travels by value:
+    # lambdas, closures, functions of a main module that can't be re-imported) waits until
+    # the server first idles: importing it (~15 ms) before the first fork would delay the
+    # first Process or pool of every program, most of which never need it.
+    _preload([*preload["modules"], "polyproc._engine.worker"])
+    later = ["cloudpickle"]
 
     sig_r, sig_w = os.pipe()
     os.set_blocking(sig_r, False)
@@ -274,7 +277,11 @@ def main(sock_fd: int, alive_fd: int) -> None:
     sel.register(alive_fd, selectors.EVENT_READ)
     sel.register(sig_r, selectors.EVENT_READ)
     while True:
-        for key, _ in sel.select():
+        events = sel.select(_PRELOAD_WHEN_IDLE if later else None)
+        if not events and later:
+            _preload(later)
+            later = []
+        for key, _ in events:
             if key.fd == alive_fd:
                 os._exit(0)  # the parent is gone; children carry on and are reparented
             if key.fd == sig_r:
@@ -303,6 +310,15 @@ def main(sock_fd: int, alive_fd: int) -> None:
             else:
                 util.close_fds(fds_list[1])
             sock.sendall(_PID.pack(pid))
+
+
+def _preload(names: list[str]) -> None:
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    util._run_finalizers()  # nothing the preload registered must run in children
 
 
 def _fork_child(fds: list[int], server_fds: list[int]) -> int:
