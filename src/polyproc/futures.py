@@ -118,7 +118,7 @@ class ProcessPoolExecutor(Executor):
             if backend.scheduler.broken is not None:
                 raise backend.scheduler.broken
             future: Future = Future()
-            job = Job("submit", fn, iter((args,)), FutureSink(future), length=1, star=True,
+            job = Job("submit", fn, args, FutureSink(future), length=1, star=True,
                       kwargs=kwargs or None, single=True, retries=self._retries,
                       timeout=self._task_timeout)
             backend.scheduler.submit(job)

@@ -114,7 +114,7 @@ class Pool:
         self._check_running()
         retries, timeout = self._options(retries, timeout)
         result = _ApplySink(callback, error_callback)
-        job = Job("apply", func, iter((tuple(args),)), result, length=1, star=True,
+        job = Job("apply", func, tuple(args), result, length=1, star=True,
                   kwargs=dict(kwds) if kwds else None, single=True, retries=retries,
                   timeout=timeout)
         self._scheduler.submit(job)

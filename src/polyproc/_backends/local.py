@@ -73,6 +73,9 @@ class LocalBackend:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False
+        # Taken to write a wakeup and to close the pipe: once closed, its fd number may be
+        # reused by any file of this process, which a late wakeup must never write to.
+        self._wake_lock = threading.Lock()
         self.scheduler = Scheduler(processes, self.wakeup)
         self.slots = Slots(processes)
         self.sel = selectors.DefaultSelector()
@@ -95,10 +98,13 @@ class LocalBackend:
         """Make the dispatcher look at the scheduler again (cheap when already pending)."""
         if not self._wake_pending:
             self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass
+            with self._wake_lock:
+                if self._wake_w < 0:
+                    return  # the dispatcher is gone
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """Finish the submitted work, then stop the workers."""
@@ -397,7 +403,10 @@ class LocalBackend:
             self.sel.close()
         except OSError:
             pass
-        util.close_fds(self._wake_r, self._wake_w)
+        with self._wake_lock:
+            self._wake_pending = True
+            fds, self._wake_w = (self._wake_r, self._wake_w), -1
+        util.close_fds(*fds)
         self.slots.close()  # its memfd: one fd per pool otherwise, never closed
 
 

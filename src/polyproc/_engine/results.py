@@ -9,6 +9,7 @@ backpressure that keeps ``imap`` memory bounded). ``AsyncResult``, ``MapResult``
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -51,12 +52,28 @@ class ResultSink:
         return True
 
 
+#: Guards the hand-over between a waiter making an AsyncResult's wake-up lock and the
+#: scheduler setting the result (held for a few instructions; shared by every result).
+_waiter_guard = threading.Lock()
+
+
+def _reinit_waiter_guard() -> None:
+    global _waiter_guard
+    _waiter_guard = threading.Lock()  # a fork child must not inherit it held by a dispatcher
+
+
+os.register_at_fork(after_in_child=_reinit_waiter_guard)
+
+
 class AsyncResult(ResultSink):
     """The result of ``apply_async``/``map_async``: ``get``, ``wait``, ``ready``, ``successful``."""
 
     def __init__(self, callback: Callable[[Any], object] | None = None,
                  error_callback: Callable[[BaseException], object] | None = None) -> None:
-        self._event = threading.Event()
+        self._ready = False
+        # A lock held until the result is set, made only when somebody must wait for it
+        # (a threading.Event per result costs more than the rest of apply_async).
+        self._waiter: Any = None
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
@@ -64,23 +81,38 @@ class AsyncResult(ResultSink):
 
     def ready(self) -> bool:
         """Whether the call has completed."""
-        return self._event.is_set()
+        return self._ready
 
     def successful(self) -> bool:
         """Whether the call completed without raising (ValueError if not ready yet)."""
-        if not self.ready():
+        if not self._ready:
             raise ValueError(f"{self!r} not ready")
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is available or ``timeout`` seconds pass."""
-        _wait_event(self._event, timeout)
+        if self._ready:
+            return
+        with _waiter_guard:
+            if self._ready:
+                return
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = threading.Lock()
+                waiter.acquire()
+        if timeout is None:
+            while not waiter.acquire(True, 0.25):  # bounded waits keep Ctrl-C responsive
+                pass
+        elif not waiter.acquire(True, max(timeout, 0.0)):
+            return
+        waiter.release()  # for the next waiter
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result, or raise the task's exception; TimeoutError if not ready in time."""
-        self.wait(timeout)
-        if not self.ready():
-            raise ProcessTimeoutError
+        if not self._ready:
+            self.wait(timeout)
+            if not self._ready:
+                raise ProcessTimeoutError
         if self._success:
             return self._value
         raise self._value
@@ -91,7 +123,11 @@ class AsyncResult(ResultSink):
             _call_quietly(self._callback, value)
         if not ok and self._error_callback is not None:
             _call_quietly(self._error_callback, value)
-        self._event.set()
+        with _waiter_guard:
+            self._ready = True
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.release()
 
     __class_getitem__ = classmethod(lambda cls, item: cls)  # type: ignore[assignment]
 
@@ -321,14 +357,6 @@ class FutureSink(ResultSink):
                 self.future.set_exception(value)
             except Exception:  # already cancelled or set
                 pass
-
-
-def _wait_event(event: threading.Event, timeout: float | None) -> None:
-    if timeout is not None:
-        event.wait(timeout)
-        return
-    while not event.wait(0.25):  # bounded waits keep Ctrl-C responsive
-        pass
 
 
 def _call_quietly(fn: Callable[[Any], object], arg: Any) -> None:

@@ -31,6 +31,7 @@ GROWTH = 8
 MAX_UNKNOWN_CHUNK = 4096  # cap for inputs of unknown length (keeps imap memory flat)
 MIXED = -1
 _EMPTY: tuple = ()  # shared, falsy stand-in for a job's requeue deque
+_NO_KWARGS: dict = {}  # shared by every call without keyword arguments (never mutated)
 
 
 class Job:
@@ -55,9 +56,13 @@ class Job:
         self.fid = 0
         self.star = star
         self.kwargs = kwargs
-        # A list or tuple is sliced (a batch is one C-level copy), anything else iterated.
-        self.seq = source if type(source) in (list, tuple) else None
-        self.source = iter(source)
+        if single:  # ``source`` is the call's argument tuple
+            self.seq = None
+            self.source = source
+        else:
+            # A list or tuple is sliced (a batch is one C-level copy), anything else iterated.
+            self.seq = source if type(source) in (list, tuple) else None
+            self.source = iter(source)
         self.length = length
         self.chunksize = chunksize
         self.sink = sink
@@ -291,11 +296,11 @@ class Scheduler:
                     job.exhausted = True
                     self._maybe_finish(job)
                     continue
-                _index, args = 0, next(job.source)
+                args = job.source
                 job.exhausted = True
             job.inflight += 1
             jobs.append(job)
-            items.append((job.fid, args, job.kwargs or {}))
+            items.append((job.fid, args, job.kwargs or _NO_KWARGS))
             if len(jobs) >= want:
                 break
         if not jobs:
