@@ -56,9 +56,9 @@ reducer = _default.reducer
 _LAZY = {
     "ProcessPoolExecutor": ("polyproc.futures", "ProcessPoolExecutor"),
     "ThreadPool": ("polyproc.pool", "ThreadPool"),
-    "WorkerLostError": ("polyproc._engine.errors", "WorkerLostError"),
+    "WorkerLostError": ("polyproc._engine.broken", "WorkerLostError"),
     "TaskTimeoutError": ("polyproc._engine.errors", "TaskTimeoutError"),
-    "BrokenProcessPool": ("polyproc._engine.errors", "BrokenProcessPool"),
+    "BrokenProcessPool": ("polyproc._engine.broken", "BrokenProcessPool"),
 }
 
 

@@ -16,6 +16,7 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
+from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
 from . import util
@@ -117,7 +119,7 @@ class ProcessPoolExecutor(Executor):
             backend = self._ensure_backend()
             if backend.scheduler.broken is not None:
                 raise backend.scheduler.broken
-            future: Future = Future()
+            future: Future = _Future()
             job = Job("submit", fn, args, FutureSink(future), length=1, star=True,
                       kwargs=kwargs or None, single=True, retries=self._retries,
                       timeout=self._task_timeout)
@@ -178,6 +180,52 @@ class ProcessPoolExecutor(Executor):
             return {}
         workers = getattr(self._backend, "workers", {})
         return {w.pid: w.proc for w in list(workers.values())}
+
+
+class _FutureCondition(_thread.RLock):
+    """A Future's condition, made cheaply: the RLock it locks with, plus a real
+    ``threading.Condition`` on that lock made only when a thread waits. A busy executor's
+    futures are mostly done before anybody waits on them, and ``threading.Condition()`` is
+    the larger part of a future (ten objects for the garbage collector to track)."""
+
+    __slots__ = ("_cond",)
+
+    def __init__(self) -> None:
+        self._cond: threading.Condition | None = None
+
+    # Future calls these with the lock held (as threading.Condition requires).
+    def wait(self, timeout: float | None = None) -> bool:
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(self)
+        return cond.wait(timeout)
+
+    def notify(self, n: int = 1) -> None:
+        if self._cond is not None:
+            self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        if self._cond is not None:
+            self._cond.notify_all()
+
+
+class _Future(Future):
+    """A ``concurrent.futures.Future`` (the same class's methods, state and callbacks) whose
+    condition is a ``_FutureCondition``."""
+
+    def __init__(self) -> None:
+        # Future.__init__'s fields, with the lighter condition (checked at import below).
+        self._condition = _FutureCondition()
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+
+_Future.__name__ = _Future.__qualname__ = "Future"  # reprs read like the stdlib's
+if set(vars(Future())) != set(vars(_Future())):  # another Python's Future has other fields
+    _Future = Future  # type: ignore[misc, assignment]
 
 
 def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:

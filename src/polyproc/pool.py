@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import util
-from ._engine.errors import BrokenProcessPool, TaskTimeoutError, WorkerLostError
+from ._engine.errors import TaskTimeoutError
 from ._engine.results import (
     ApplyResult,
     AsyncResult,
@@ -35,7 +35,7 @@ from ._engine.scheduler import Job
 from .context import TimeoutError
 
 __all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
+           "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",  # noqa: F822
            "TimeoutError"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
@@ -266,6 +266,15 @@ class ThreadPool(Pool):
         from ._backends.threads import ThreadBackend
 
         return ThreadBackend(processes, initializer, initargs)
+
+
+def __getattr__(name: str) -> Any:
+    # Re-exported on first use: they need concurrent.futures, which a pool need not import.
+    if name in ("WorkerLostError", "BrokenProcessPool"):
+        from ._engine import broken
+
+        return getattr(broken, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _terminate_backend(backend: Any) -> None:

@@ -20,12 +20,15 @@ import time
 from typing import Any
 
 from .. import util
+from .._engine import errors as _errors
 from .._engine import wire, worker
-from .._engine.errors import BrokenProcessPool, UnpicklableError, describe_exit
+from .._engine.errors import UnpicklableError, describe_exit
 from .._engine.scheduler import Batch, Scheduler
 from .._engine.slots import Slots
 
 _WAKE, _SOCK, _SENTINEL = 0, 1, 2
+#: A worker gets a second batch queued behind its running one while batches last less.
+_PREFETCH_NS = 20_000_000
 _STARTUP_FAILURES_LIMIT = 3
 
 # Spawn and forkserver workers import the main module as ``__mp_main__``, so what they send
@@ -179,13 +182,18 @@ class LocalBackend:
 
     def _depth(self, w: WorkerHandle) -> int:
         # A second batch queued behind the running one hides the round trip, but only pays
-        # when batches are short; long ones would wait behind it while a worker idles.
+        # when batches are short; long ones would wait behind it while a worker idles. Near
+        # the end of a job too, a queued batch could wait while another worker has nothing.
         if not w.inflight:
             return 1
-        job = w.inflight[-1].job
-        if job is None or job.cost_ns is None:
+        last = w.inflight[-1]
+        if last.est_ns is None or last.est_ns >= _PREFETCH_NS:
             return 1
-        return 2 if job.cost_ns * len(w.inflight[-1]) < 20_000_000 else 1
+        job = last.job
+        if job is not None and job.length is not None and \
+                job.length - job.next_index < self.n * len(last):
+            return 1
+        return 2
 
     def _flush(self, w: WorkerHandle) -> None:
         try:
@@ -210,7 +218,7 @@ class LocalBackend:
             import traceback
 
             traceback.print_exc()
-            self.scheduler.fail_all(BrokenProcessPool(f"the pool's dispatcher failed: {e!r}"))
+            self.scheduler.fail_all(_errors.BrokenProcessPool(f"the pool's dispatcher failed: {e!r}"))
         finally:
             self._shutdown_workers()
 
@@ -269,7 +277,7 @@ class LocalBackend:
         # __init__ wants other arguments than it passes on, a class we can't import): its
         # tasks fail with that error instead of the dispatcher (and so the pool) failing.
         if self.slots.read(w.slot)[2] == 0:  # it never started a batch: its init message
-            err = BrokenProcessPool(
+            err = _errors.BrokenProcessPool(
                 f"the pool's initializer failed in worker pid {w.pid}, and its exception "
                 f"cannot be unpickled in the parent ({exc!r}); the pool cannot run tasks")
             err.__cause__ = exc
@@ -288,7 +296,7 @@ class LocalBackend:
 
     def _on_message(self, w: WorkerHandle, msg: Any) -> None:
         if msg[0] == "init":
-            err = BrokenProcessPool(
+            err = _errors.BrokenProcessPool(
                 f"the pool's initializer raised {type(msg[1]).__name__} in worker pid {w.pid}; "
                 "the pool cannot run tasks. Fix the initializer (its traceback is the cause).")
             err.__cause__ = msg[1]
@@ -332,7 +340,7 @@ class LocalBackend:
             # or the initializer crashes it). Don't respawn forever.
             self._startup_failures += 1
             if self._startup_failures >= _STARTUP_FAILURES_LIMIT * self.n:
-                self.scheduler.fail_all(BrokenProcessPool(
+                self.scheduler.fail_all(_errors.BrokenProcessPool(
                     f"pool workers keep dying before running any task (the last, pid {w.pid}, "
                     f"{describe_exit(exitcode)}); check the initializer and what the workers "
                     "import (its error output is above)"))

@@ -10,7 +10,7 @@ import itertools
 import threading
 from typing import Any
 
-from .._engine.errors import BrokenProcessPool
+from .._engine import errors as _errors
 from .._engine.scheduler import Batch, Scheduler
 
 
@@ -65,7 +65,7 @@ class ThreadBackend:
             try:
                 initializer(*initargs)
             except BaseException as e:  # every thread would die the same way: tasks would wait
-                err = BrokenProcessPool(
+                err = _errors.BrokenProcessPool(
                     f"the pool's initializer raised {type(e).__name__} in "
                     f"{threading.current_thread().name}; the pool cannot run tasks. Fix the "
                     "initializer (its exception is the cause).")

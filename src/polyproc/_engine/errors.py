@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import builtins
 import signal
-import traceback
-from concurrent.futures import BrokenExecutor
 
 from ..context import ProcessError
 from ..context import TimeoutError as _ProcessTimeoutError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .broken import BrokenProcessPool, WorkerLostError
 
 __all__ = ["WorkerLostError", "TaskTimeoutError", "BrokenProcessPool", "RemoteTraceback",
            "describe_exit"]
 
 
-class WorkerLostError(ProcessError, BrokenExecutor):
-    """A worker process died (killed, crashed, out of memory) while it held this task.
+def __getattr__(name: str) -> object:
+    # WorkerLostError and BrokenProcessPool live in ``broken`` (see there why).
+    if name in ("WorkerLostError", "BrokenProcessPool"):
+        from . import broken
 
-    The pool itself keeps working: it replaces the worker and runs the other tasks.
-    Ask for ``retries=N`` to run such a task again on another worker.
-    """
-
-
-class BrokenProcessPool(ProcessError, BrokenExecutor):
-    """The pool cannot run tasks any more (its initializer fails, or workers die on start)."""
+        return getattr(broken, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TaskTimeoutError(_ProcessTimeoutError, builtins.TimeoutError):
@@ -45,6 +44,8 @@ class _ExceptionWithTraceback:
     """Carries a worker's exception and its formatted traceback to the parent."""
 
     def __init__(self, exc: BaseException) -> None:
+        import traceback
+
         self.exc = exc
         self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError as _CancelledError
 from typing import Any
 
 from ..context import TimeoutError as ProcessTimeoutError
@@ -348,7 +347,7 @@ class FutureSink(ResultSink):
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         if ok:
             self.future.set_result(value)
-        elif isinstance(value, _CancelledError) and self.future.cancel():
+        elif isinstance(value, _CancelledError()) and self.future.cancel():
             # Never started: a real cancellation. Move the future on to CANCELLED_AND_NOTIFIED
             # too, or wait()/as_completed() never see it done (CPython issues 87893, 109934).
             self.future.set_running_or_notify_cancel()
@@ -357,6 +356,12 @@ class FutureSink(ResultSink):
                 self.future.set_exception(value)
             except Exception:  # already cancelled or set
                 pass
+
+
+def _CancelledError() -> type[BaseException]:
+    from concurrent.futures import CancelledError  # only executors, which import it anyway
+
+    return CancelledError
 
 
 def _call_quietly(fn: Callable[[Any], object], arg: Any) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import reduction
-from .errors import TaskTimeoutError, WorkerLostError, describe_exit
+from .errors import TaskTimeoutError, describe_exit
 from .results import ResultSink
 
 TARGET_NS = 4_000_000  # aim for ~4 ms of work per batch
@@ -131,11 +131,14 @@ class Job:
 class Batch:
     """Tasks sent together to one worker."""
 
-    __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "worker", "isolated")
+    __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "worker", "isolated",
+                 "est_ns")
 
     def __init__(self, job: Job | None, jobs: list[Job] | None, indices: list[int],
-                 items: list[Any], precise: bool, isolated: bool = False) -> None:
+                 items: list[Any], precise: bool, isolated: bool = False,
+                 est_ns: float | None = None) -> None:
         self.id = 0
+        self.est_ns = est_ns  # expected run time, once the tasks' cost is known
         self.job = job
         self.jobs = jobs
         self.indices = indices
@@ -266,15 +269,16 @@ class Scheduler:
         job.last_size = len(indices)
         if job.exhausted and not job.requeue and self.pending and self.pending[0] is job:
             self.pending.popleft()
+        est = None if job.cost_ns is None else job.cost_ns * len(indices)
         return Batch(job, None, indices, items, precise=job.timeout is not None or isolated,
-                     isolated=isolated)
+                     isolated=isolated, est_ns=est)
 
     def _single_batch(self, limit: int | None) -> Batch | None:
         """Pack queued single calls (apply/submit) into one batch, sized by their cost."""
         pending = self.pending
         jobs: list[Job] = []
         items: list[Any] = []
-        want = None
+        want = cost = None
         while pending and pending[0].single:
             job = pending[0]
             if want is None:
@@ -305,7 +309,8 @@ class Scheduler:
                 break
         if not jobs:
             return None
-        return Batch(None, jobs, [0] * len(jobs), items, precise=True, isolated=len(jobs) == 1)
+        return Batch(None, jobs, [0] * len(jobs), items, precise=True, isolated=len(jobs) == 1,
+                     est_ns=None if cost is None else cost * len(jobs))
 
     def _chunk_size(self, job: Job) -> int:
         if job.chunksize:
@@ -419,6 +424,8 @@ class Scheduler:
                             job.attempts[index] = tries
                             self._requeue(job, index, args, isolate=True)
                             continue
+                        from .broken import WorkerLostError
+
                         self._deliver(job, index, False, WorkerLostError(
                             f"worker pid {pid} {describe_exit(exitcode)} while running task "
                             f"{index} of {job.name}()"
