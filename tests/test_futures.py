@@ -95,6 +95,24 @@ def test_wait_and_as_completed(ex) -> None:  # noqa: ANN001
     assert sorted(f.result() for f in pf.as_completed(futures, timeout=T)) == [0, 1, 4, 9, 16]
 
 
+def test_futures_are_futures_and_wake_every_waiter(ex) -> None:  # noqa: ANN001
+    # The executor's futures make their condition's waiting machinery only on a first wait:
+    # several threads blocked in result(), done callbacks and cancel() all behave as usual.
+    f = ex.submit(t.sleep_for, 0.3)
+    assert isinstance(f, cf.Future) and repr(f).startswith("<Future at ")
+    called = threading.Event()
+    f.add_done_callback(lambda fut: called.set())
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(f.result(T))) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(T)
+    assert got == [0.3] * 4 and called.wait(T) and f.done() and not f.cancel()
+    with pytest.raises(cf.TimeoutError):
+        ex.submit(t.sleep_for, 0.5).result(timeout=0.05)
+
+
 def test_asyncio_wrap_future(ex) -> None:  # noqa: ANN001
     async def main() -> list:
         loop = asyncio.get_running_loop()

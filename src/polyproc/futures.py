@@ -151,7 +151,8 @@ class ProcessPoolExecutor(Executor):
             else:
                 source, star = zip(*iterables, strict=False), True
             job = Job("map", fn, source, it, star=star, chunksize=chunksize,
-                      retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW)
+                      retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW,
+                      size_hint=total)
             if progress:
                 from ._engine.progress import make_progress
 

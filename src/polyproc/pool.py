@@ -176,7 +176,8 @@ class Pool:
         _check_chunksize(chunksize)
         length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         job = Job(name, func, iterable, sink, length=None, star=star,
-                  chunksize=chunksize, retries=retries, timeout=timeout, window=_IMAP_WINDOW)
+                  chunksize=chunksize, retries=retries, timeout=timeout, window=_IMAP_WINDOW,
+                  size_hint=length)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
         return sink

@@ -190,8 +190,8 @@ class LocalBackend:
         if last.est_ns is None or last.est_ns >= _PREFETCH_NS:
             return 1
         job = last.job
-        if job is not None and job.length is not None and \
-                job.length - job.next_index < self.n * len(last):
+        if job is not None and job.size_hint is not None and \
+                job.size_hint - job.next_index < self.n * len(last):
             return 1
         return 2
 

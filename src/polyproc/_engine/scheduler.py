@@ -41,7 +41,7 @@ class Job:
         "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
         "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
         "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
-        "progress", "window_scale", "seq",
+        "progress", "window_scale", "seq", "size_hint",
         "__weakref__",
     )
 
@@ -49,7 +49,7 @@ class Job:
                  *, length: int | None = None, star: bool = False,
                  kwargs: dict[str, Any] | None = None, chunksize: int | None = None,
                  retries: int = 0, timeout: float | None = None, window: int | None = None,
-                 single: bool = False) -> None:
+                 single: bool = False, size_hint: int | None = None) -> None:
         self.id = 0
         self.name = name
         self.func = func
@@ -64,6 +64,9 @@ class Job:
             self.seq = source if type(source) in (list, tuple) else None
             self.source = iter(source)
         self.length = length
+        # How many tasks there will be, if known (batch sizing only; ``length`` also says
+        # the job's outcomes are delivered per index, e.g. to fail the rest of a map).
+        self.size_hint = length if size_hint is None else size_hint
         self.chunksize = chunksize
         self.sink = sink
         self.retries = retries
@@ -320,10 +323,11 @@ class Scheduler:
         cost = max(job.cost_ns, 1.0)
         size = int(TARGET_NS / cost)
         size = max(1, min(size, job.last_size * GROWTH))
-        if job.length is not None:
-            guided = max(-(-(job.length - job.next_index) // (self.n_workers * 2)),
+        total = job.size_hint
+        if total is not None:
+            guided = max(-(-(total - job.next_index) // (self.n_workers * 2)),
                          int(TAIL_NS / cost))
-            cap = min(-(-job.length // (self.n_workers * 4)), guided)
+            cap = min(-(-total // (self.n_workers * 4)), guided)
         else:
             cap = MAX_UNKNOWN_CHUNK
         return max(1, min(size, cap))

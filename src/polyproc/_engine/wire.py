@@ -138,28 +138,36 @@ def _collect_fds(anc: list[tuple[int, int, bytes]], fds: list[int]) -> None:
             fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
 
 
+#: What one ``FrameReader.read`` takes from the socket at most. The receive buffer is
+#: allocated once per reader: ``recvmsg(n)`` would allocate (and for large ``n`` map and unmap)
+#: ``n`` bytes on every call, which costs more than the read itself.
+READ_SIZE = 256 * 1024
+
+
 class FrameReader:
     """Incremental, non-blocking frame parser for the engine's side of a worker socket."""
 
-    __slots__ = ("sock", "buf", "fds")
+    __slots__ = ("sock", "buf", "fds", "_into")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.fds: list[int] = []
+        self._into = memoryview(bytearray(READ_SIZE))
 
-    def read(self) -> list[tuple[memoryview, list[int]]]:
+    def read(self) -> list[tuple[bytearray, list[int]]]:
         """Read what is available; return the complete frames. EOFError at end of stream."""
+        into = self._into
         try:
-            chunk, anc, _flags, _addr = self.sock.recvmsg(1 << 20, _ANC_SPACE)
+            n, anc, _flags, _addr = self.sock.recvmsg_into([into], _ANC_SPACE)
         except (BlockingIOError, InterruptedError):
             return []
         if anc:
             _collect_fds(anc, self.fds)
-        if not chunk:
+        if not n:
             raise EOFError("worker closed its connection")
         buf = self.buf
-        buf += chunk
+        buf += into[:n]
         frames = []
         pos = 0
         hsize = HEADER.size
@@ -170,7 +178,7 @@ class FrameReader:
                 break
             frame_fds = self.fds[:nfds]
             del self.fds[:nfds]
-            frames.append((bytes(buf[pos + hsize:end]), frame_fds))
+            frames.append((buf[pos + hsize:end], frame_fds))  # one copy, a bytearray
             pos = end
         if pos:
             del buf[:pos]
