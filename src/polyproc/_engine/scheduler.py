@@ -8,8 +8,13 @@ outcome through its job's result sink: a value, the task's exception, ``WorkerLo
 Chunking is adaptive: a job starts with one task per batch, measures the cost per task that
 workers report, and grows batches (by at most ``GROWTH`` per step) toward ``TARGET_NS`` of
 work. For a job of known length, batches shrink again as its end nears (at most a
-``2 * workers``-th of what is left, "guided" scheduling, down to ``TAIL_NS`` of work), so the
-last batches end together on every worker.
+``GUIDED * workers``-th of what is left, "guided" scheduling, down to ``TAIL_NS`` of work), so
+the last batches end together on every worker.
+
+Why 16 ms: on a machine with as many workers as cores, the parent's handling of each batch
+(~100 us of CPU: a wakeup, a read, a write) takes a core from a worker; 16 ms batches keep
+that under 1%, and the guided tail keeps the end balanced (measured: 400 heavy-tailed tasks
+reach 97% of the ideal makespan with 16 ms and GUIDED 8, 96% with 4 ms and GUIDED 2).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from .. import reduction
 from .errors import TaskTimeoutError, describe_exit
 from .results import ResultSink
 
-TARGET_NS = 4_000_000  # aim for ~4 ms of work per batch
+TARGET_NS = 16_000_000  # aim for ~16 ms of work per batch
 TAIL_NS = 500_000  # the smallest batch near the end of a job (when its tasks are tiny)
+GUIDED = 8  # near the end, a batch holds at most 1 / (GUIDED * workers) of what is left
 GROWTH = 8
 MAX_UNKNOWN_CHUNK = 4096  # cap for inputs of unknown length (keeps imap memory flat)
 MIXED = -1
@@ -325,7 +331,7 @@ class Scheduler:
         size = max(1, min(size, job.last_size * GROWTH))
         total = job.size_hint
         if total is not None:
-            guided = max(-(-(total - job.next_index) // (self.n_workers * 2)),
+            guided = max(-(-(total - job.next_index) // (self.n_workers * GUIDED)),
                          int(TAIL_NS / cost))
             cap = min(-(-total // (self.n_workers * 4)), guided)
         else:
