@@ -326,6 +326,16 @@ def test_summary_respects_a_scripts_na_ratio() -> None:
     assert rows == {"fast": 2.0, "memory": None, "tput": 3.0}
 
 
+def test_summary_skips_a_script_with_its_own_json() -> None:
+    # bench_dask.py is not built on _harness: its JSON maps row names to samples. The
+    # combined report must not crash on it (it did, after every benchmark had run).
+    data = {"tasks": 10, "results": {"Dask client.map + gather": [1.0, 2.0]}, "ratio": 2.0}
+    run = bench.ScriptRun("dask", 0, "| row | tasks/s |\n| --- | ---: |\n", [], data, 1.0)
+    assert bench.summary_rows(run) == []
+    text, rows = bench.report([run], quick=False, select=None)
+    assert rows == [] and "| row | tasks/s |" in text
+
+
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed")
 def test_write_chart(tmp_path: Path) -> None:
     rows = [bench.Row("a", "worse", "ms", "latency", 1, 2, 0.5),

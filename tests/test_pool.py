@@ -116,6 +116,11 @@ def test_map(pool, chunksize) -> None:  # noqa: ANN001
     assert pool.map(t.sq, range(20), chunksize) == [x * x for x in range(20)]
     assert pool.map(t.sq, (x for x in range(7)), chunksize=chunksize) == [x * x for x in range(7)]
     assert pool.map(t.sq, [], chunksize) == []
+    # lists, tuples and ranges are sliced into batches (a range batch is itself a range)
+    assert pool.map(t.sq, range(5, 300, 7), chunksize) == [x * x for x in range(5, 300, 7)]
+    assert pool.map(t.sq, tuple(range(50)), chunksize) == [x * x for x in range(50)]
+    assert list(pool.imap(t.sq, range(3, 40), chunksize)) == [x * x for x in range(3, 40)]
+    assert pool.starmap(t.add, [(i, i) for i in range(30)], chunksize) == [2 * i for i in range(30)]
 
 
 @pytest.mark.parametrize("chunksize", [None, 2])

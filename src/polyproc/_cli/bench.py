@@ -196,12 +196,13 @@ def summary_rows(run: ScriptRun) -> list[Row]:
     script that shows ``n/a`` for a row where a ratio means nothing is respected), else
     computed from the medians: stdlib / polyproc for latency, polyproc / stdlib for throughput.
     """
-    if not run.data:
+    results = run.data.get("results") if isinstance(run.data, dict) else None
+    if not isinstance(results, list):  # a script not built on _harness (e.g. bench_dask.py)
         return []
     cells = _table_ratios(run.output)
     by_case: dict[str, dict[str, Any]] = {}
     order: list[str] = []
-    for r in run.data.get("results", []):
+    for r in results:
         if r["case"] not in by_case:
             by_case[r["case"]] = {"kind": r["kind"], "unit": r["unit"]}
             order.append(r["case"])

@@ -66,8 +66,9 @@ class Job:
             self.seq = None
             self.source = source
         else:
-            # A list or tuple is sliced (a batch is one C-level copy), anything else iterated.
-            self.seq = source if type(source) in (list, tuple) else None
+            # A list or tuple is sliced (a batch is one C-level copy), a range too (a batch is
+            # then a range: a few bytes to pickle, whatever its length); the rest is iterated.
+            self.seq = source if type(source) in (list, tuple, range) else None
             self.source = iter(source)
         self.length = length
         # How many tasks there will be, if known (batch sizing only; ``length`` also says
