@@ -113,6 +113,18 @@ def test_futures_are_futures_and_wake_every_waiter(ex) -> None:  # noqa: ANN001
         ex.submit(t.sleep_for, 0.5).result(timeout=0.05)
 
 
+def test_cancelled_futures_count_as_done(ex) -> None:  # noqa: ANN001
+    # Futures cancelled while queued must reach CANCELLED_AND_NOTIFIED when the executor
+    # skips them, or wait() and as_completed() never see them done.
+    busy = [ex.submit(t.sleep_for, 0.3) for _ in range(2)]
+    queued = [ex.submit(t.sq, i) for i in range(5)]
+    assert all(f.cancel() for f in queued)
+    done, not_done = cf.wait(queued, timeout=T)
+    assert len(done) == 5 and not not_done
+    assert sorted(f.cancelled() for f in cf.as_completed(queued, timeout=T)) == [True] * 5
+    assert [f.result(T) for f in busy] == [0.3, 0.3]
+
+
 def test_asyncio_wrap_future(ex) -> None:  # noqa: ANN001
     async def main() -> list:
         loop = asyncio.get_running_loop()

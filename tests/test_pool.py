@@ -7,6 +7,7 @@ pool's lifecycle make their own. Every wait has a timeout, so a bug fails a test
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -152,6 +153,43 @@ def test_imap(pool, chunksize) -> None:  # noqa: ANN001
     assert it.next(T) == 16
     with pytest.raises(StopIteration):
         it.next(T)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_iterator_shared_by_threads(pool, ordered) -> None:  # noqa: ANN001
+    # Threads consuming one iterator get every result exactly once between them, errors too
+    # (results travel in chunks; only moving to the next chunk is serialised).
+    n = 20000
+    it = (pool.imap if ordered else pool.imap_unordered)(t.fail_on, range(n))
+    got: list = []
+    failures: list = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        mine, bad = [], []
+        while True:
+            try:
+                mine.append(it.next(T))
+            except StopIteration:
+                break
+            except ValueError as e:
+                bad.append(str(e))
+        with lock:
+            got.extend(mine)
+            failures.extend(bad)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=consume) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(T)
+    finally:
+        sys.setswitchinterval(old)
+    assert sorted(got) == [10 * x for x in range(n) if x != 3]
+    assert len(failures) == 1 and "bad value 3" in failures[0]
 
 
 def test_imap_next_timeout(pool) -> None:  # noqa: ANN001

@@ -410,6 +410,34 @@ def test_ring_counts_and_recovery_tokens():
 
 
 
+def get_lengths(q, out, count):
+    for _ in range(count):
+        out.put(len(q.get()))
+
+
+def test_streamed_messages_wake_the_waiting_writer(monkeypatch):
+    # A message larger than half the ring is streamed in chunks while its writer holds the
+    # write lock waiting for space; the reader must post that space chunk by chunk. With the
+    # wait slice at 60 s, a writer left to notice by itself would blow the deadline.
+    monkeypatch.setattr(ringmod, "_SLICE", 60.0)
+    ctx = polyproc.get_context("fork")
+    q = queues.Queue(ctx=ctx, _capacity=8192)
+    out = ctx.Queue()
+    count = 12
+    p = ctx.Process(target=get_lengths, args=(q, out, count))
+    p.start()
+    try:
+        for i in range(count):
+            q.put(bytes([i]) * 9000)  # > half the ring: streamed
+        assert [out.get(timeout=20) for _ in range(count)] == [9000] * count
+    finally:
+        p.join(30)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    assert p.exitcode == 0
+
+
 def ping_pong_echo(inq, outq, count):
     for _ in range(count):
         outq.put(inq.get())

@@ -99,12 +99,18 @@ class AsyncResult(ResultSink):
             if waiter is None:
                 waiter = self._waiter = threading.Lock()
                 waiter.acquire()
-        if timeout is None:
-            while not waiter.acquire(True, 0.25):  # bounded waits keep Ctrl-C responsive
-                pass
-        elif not waiter.acquire(True, max(timeout, 0.0)):
-            return
-        waiter.release()  # for the next waiter
+        got = False
+        try:
+            if timeout is None:
+                # Bounded waits keep Ctrl-C responsive; checking _ready too means no waiter
+                # depends on another passing the lock on (one interrupted while holding it).
+                while not self._ready and not (got := waiter.acquire(True, 0.25)):
+                    pass
+            else:
+                got = waiter.acquire(True, max(timeout, 0.0))
+        finally:
+            if got:
+                waiter.release()  # for the next waiter
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result, or raise the task's exception; TimeoutError if not ready in time."""
@@ -123,9 +129,9 @@ class AsyncResult(ResultSink):
         if not ok and self._error_callback is not None:
             _call_quietly(self._error_callback, value)
         with _waiter_guard:
-            self._ready = True
+            was_ready, self._ready = self._ready, True
             waiter = self._waiter
-        if waiter is not None:
+        if waiter is not None and not was_ready:
             waiter.release()
 
     __class_getitem__ = classmethod(lambda cls, item: cls)  # type: ignore[assignment]
@@ -192,34 +198,52 @@ class _IterBase(ResultSink):
         # They no longer count against the job's window, so memory stays within 2 windows.
         self._local: collections.deque[tuple[list[Any], dict[int, Any] | None]] = \
             collections.deque()
-        self._cur: list[Any] = []  # the chunk ``next()`` is going through
-        self._cur_errors: dict[int, Any] | None = None
-        self._pos = 0
+        # ``next()`` takes values from a C-level iterator over the current chunk: atomic
+        # under the GIL, so threads sharing this iterator each get distinct values. Only
+        # moving to the next chunk takes ``_consumer`` (one chunk per refill, never two).
+        self._cur: Any = iter(())
+        self._consumer = threading.Lock()
 
     def __iter__(self) -> _IterBase:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
         """The next value; ``multiprocessing.TimeoutError`` if none arrives in ``timeout``."""
-        pos = self._pos
-        cur = self._cur
-        if pos < len(cur):
-            self._pos = pos + 1
-            errors = self._cur_errors
-            if errors is None or pos not in errors:
-                return cur[pos]
-            raise errors[pos]
-        values, errors = self._next_chunk(timeout)
-        self._cur, self._cur_errors, self._pos = values, errors, 1
-        if errors is None or 0 not in errors:
-            return values[0]
-        raise errors[0]
+        try:
+            value = next(self._cur)
+        except StopIteration:
+            value = self._next_slow(timeout)
+        if type(value) is _Raise:
+            raise value.exc
+        return value
 
     __next__ = next
 
+    def _next_slow(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        consumer = self._consumer
+        while not consumer.acquire(True, 0.25 if deadline is None else
+                                   max(0.0, min(deadline - time.monotonic(), 0.25))):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ProcessTimeoutError
+        try:
+            while True:
+                try:
+                    return next(self._cur)  # another thread may have moved on meanwhile
+                except StopIteration:
+                    pass
+                values, errors = self._next_chunk(
+                    None if deadline is None else deadline - time.monotonic())
+                if errors:
+                    for pos, exc in errors.items():
+                        values[pos] = _Raise(exc)
+                self._cur = iter(values)
+        finally:
+            consumer.release()
+
     def _next_chunk(self, timeout: float | None = None) -> tuple[list[Any], dict[int, Any] | None]:
-        """The next chunk of outcomes (for consumers that take whole chunks instead of
-        calling ``next``); StopIteration at the end, TimeoutError as ``next``."""
+        """The next chunk of outcomes, for ONE consumer that takes whole chunks instead of
+        calling ``next``; StopIteration at the end, TimeoutError as ``next``."""
         local = self._local
         if local:
             return local.popleft()
@@ -256,6 +280,15 @@ class _IterBase(ResultSink):
                 ) -> bool:
         """Move every chunk ready for the consumer into ``local`` (lock held)."""
         raise NotImplementedError
+
+
+class _Raise:
+    """Stands in a chunk, for ``next()``, for a task that failed with ``exc``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
 
 
 def _one(ok: bool, value: Any) -> tuple[list[Any], dict[int, Any] | None]:

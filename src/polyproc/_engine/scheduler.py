@@ -241,6 +241,10 @@ class Scheduler:
                     self._maybe_finish(job)
                     continue
                 if job.sink.cancelled() and not job.requeue:
+                    if job.single:
+                        # A cancelled future must still be told it never ran, or wait() and
+                        # as_completed() never count it as done.
+                        job.sink.start()
                     job.exhausted = True
                     pending.popleft()
                     self._maybe_finish(job)

@@ -160,6 +160,11 @@ _EBUSY = errno.EBUSY
 _ETIMEDOUT = errno.ETIMEDOUT
 _EOWNERDEAD = errno.EOWNERDEAD
 
+#: The wake-up handshake (module doc) needs the commit store and the ``rwait`` load not to be
+#: reordered; mutex and lock operations are full barriers on x86 (TSO). Elsewhere writers
+#: post a token for every message, whether a reader sleeps or not.
+_TSO = os.uname().machine.lower() in ("x86_64", "amd64", "i386", "i686")
+
 _fence_lock = threading.Lock()
 
 
@@ -430,6 +435,7 @@ class Ring:
         writer_waiting = self.writer_waiting
         items_release = self.items.release
         hq = self.hq
+        always_post = not _TSO
         trylock = _mutex_trylock
         unlock = _mutex_unlock
         put_nowait = self.put_nowait
@@ -449,7 +455,7 @@ class Ring:
                     return False
             finally:
                 unlock(wptr)  # a full barrier: the commit is visible before rwait is read
-            if hq[_I_RWAIT]:
+            if always_post or hq[_I_RWAIT]:
                 items_release()
             return True
 
@@ -513,7 +519,7 @@ class Ring:
     def _wake_reader(self) -> None:
         """After a commit made holding the write lock: post a token if a reader sleeps."""
         _fence()  # the commit must be visible before rwait is read (Dekker's handshake)
-        if self.hq[_I_RWAIT]:
+        if self.hq[_I_RWAIT] or not _TSO:
             self.items.release()
 
     def _room(self, need: int) -> bool:
@@ -687,6 +693,12 @@ class Ring:
             if kind == _WHOLE or kind == _LAST:
                 hq[_I_NGOT] += 1
             hq[_I_HEAD] = head + size
+            if stream is not None:
+                # Mid-stream the writer holds the write lock waiting for space: tell it at
+                # once (get() does so only once the whole message is read).
+                _fence()
+                if hq[_I_WWAIT]:
+                    self.space.release()
             if done:
                 return result
 
