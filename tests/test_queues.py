@@ -410,6 +410,14 @@ def test_ring_counts_and_recovery_tokens():
 
 
 
+def reap(p, timeout=30.0):
+    """Join ``p``, killing it if it has not exited within ``timeout`` seconds."""
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+
+
 def get_lengths(q, out, count):
     for _ in range(count):
         out.put(len(q.get()))
@@ -431,10 +439,7 @@ def test_streamed_messages_wake_the_waiting_writer(monkeypatch):
             q.put(bytes([i]) * 9000)  # > half the ring: streamed
         assert [out.get(timeout=20) for _ in range(count)] == [9000] * count
     finally:
-        p.join(30)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
+        reap(p)
     assert p.exitcode == 0
 
 
@@ -460,10 +465,7 @@ def test_no_lost_wakeup_between_sleeping_reader_and_writer(monkeypatch):
             inq.put(i)
             assert outq.get(timeout=max(0.01, deadline - time.monotonic())) == i
     finally:
-        p.join(30)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
+        reap(p)
     assert p.exitcode == 0
 
 # ---------------------------------------------------------------- children, all start methods
