@@ -380,7 +380,7 @@ class FutureSink(ResultSink):
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         if ok:
             self.future.set_result(value)
-        elif isinstance(value, _CancelledError()) and self.future.cancel():
+        elif isinstance(value, _cancelled_error_type()) and self.future.cancel():
             # Never started: a real cancellation. Move the future on to CANCELLED_AND_NOTIFIED
             # too, or wait()/as_completed() never see it done (CPython issues 87893, 109934).
             self.future.set_running_or_notify_cancel()
@@ -391,7 +391,7 @@ class FutureSink(ResultSink):
                 pass
 
 
-def _CancelledError() -> type[BaseException]:
+def _cancelled_error_type() -> type[BaseException]:
     from concurrent.futures import CancelledError  # only executors, which import it anyway
 
     return CancelledError
