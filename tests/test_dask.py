@@ -413,8 +413,10 @@ def test_crash_in_a_batch_blames_only_the_culprit(cli_cluster, cli_pool):
 
 @needs_dask
 def test_sys_exit_in_a_task(cli_pool):
-    with pytest.raises(polyproc.WorkerLostError, match="exited with code 3"):
+    # The task's outcome, as on every backend (and the stdlib's executor): the worker goes on.
+    with pytest.raises(SystemExit) as info:
         cli_pool.apply(exits, (3,))
+    assert info.value.args == (3,)
     assert cli_pool.apply(sq, (3,)) == 9
 
 

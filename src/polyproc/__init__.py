@@ -59,6 +59,9 @@ _LAZY = {
     "WorkerLostError": ("polyproc._engine.broken", "WorkerLostError"),
     "TaskTimeoutError": ("polyproc._engine.errors", "TaskTimeoutError"),
     "BrokenProcessPool": ("polyproc._engine.broken", "BrokenProcessPool"),
+    "ResultUnpicklingError": ("polyproc._engine.broken", "ResultUnpicklingError"),
+    "UnpicklableError": ("polyproc._engine.errors", "UnpicklableError"),
+    "RemoteTraceback": ("polyproc._engine.errors", "RemoteTraceback"),
 }
 
 
@@ -84,4 +87,5 @@ __all__ = [
     "get_all_start_methods", "get_context", "get_logger", "get_start_method", "log_to_stderr",
     "parent_process", "reducer", "set_executable", "set_forkserver_preload", "set_start_method",
     "ProcessPoolExecutor", "ThreadPool", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
+    "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback",
 ]

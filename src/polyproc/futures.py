@@ -39,7 +39,13 @@ from concurrent.futures._base import PENDING as _PENDING
 from typing import Any
 
 from . import util
-from ._engine.errors import BrokenProcessPool, TaskTimeoutError, WorkerLostError
+from ._engine.errors import (
+    BrokenProcessPool,
+    ResultUnpicklingError,
+    TaskTimeoutError,
+    UnpicklableError,
+    WorkerLostError,
+)
 from ._engine.results import FutureSink, IMapIterator
 from ._engine.scheduler import Job
 from .context import TimeoutError as _ProcessTimeoutError
@@ -48,7 +54,7 @@ __all__ = [
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", "CancelledError", "TimeoutError",
     "BrokenExecutor", "InvalidStateError", "Future", "Executor", "wait", "as_completed",
     "ProcessPoolExecutor", "ThreadPoolExecutor", "BrokenProcessPool", "WorkerLostError",
-    "TaskTimeoutError",
+    "TaskTimeoutError", "UnpicklableError", "ResultUnpicklingError",
 ]
 
 _MAP_WINDOW = 256

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import util
-from ._engine.errors import TaskTimeoutError
+from ._engine.errors import RemoteTraceback, TaskTimeoutError, UnpicklableError
 from ._engine.results import (
     ApplyResult,
     AsyncResult,
@@ -34,9 +34,9 @@ from ._engine.results import (
 from ._engine.scheduler import Job
 from .context import TimeoutError
 
-__all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",
-           "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",  # noqa: F822
-           "TimeoutError"]
+__all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",  # noqa: F822
+           "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
+           "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback", "TimeoutError"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _IMAP_WINDOW = 256  # base bound on tasks in flight + results not consumed, per imap call
@@ -271,7 +271,7 @@ class ThreadPool(Pool):
 
 def __getattr__(name: str) -> Any:
     # Re-exported on first use: they need concurrent.futures, which a pool need not import.
-    if name in ("WorkerLostError", "BrokenProcessPool"):
+    if name in ("WorkerLostError", "BrokenProcessPool", "ResultUnpicklingError"):
         from ._engine import broken
 
         return getattr(broken, name)

@@ -54,7 +54,6 @@ from typing import Any
 from .._engine import scheduler as _sched
 from .._engine.errors import (
     BrokenProcessPool,
-    UnpicklableError,
     _ExceptionWithTraceback,
 )
 from .._engine.scheduler import MIXED, Batch, Job, Scheduler
@@ -288,6 +287,14 @@ class _RefUnpickler(pickle.Unpickler):
         return self._refs[pid]
 
 
+def _pickling_error(obj: Any) -> BaseException | None:
+    try:
+        _dumps(obj)
+    except Exception as e:
+        return e
+    return None
+
+
 def _dumps(obj: Any, refs: dict[int, str] | None = None) -> bytes:
     """Pickle for a Dask worker: fast pickle, cloudpickle where by-value is needed."""
     buf = io.BytesIO()
@@ -434,12 +441,8 @@ def _run_batch(token: str, payload: bytes, refs: dict[str, Any] | None = None) -
             if outcome[0] == "timeout":
                 return _reply(("timeout", outcome[1], pid))
             values, errors = outcome[1]
-        elif fid == MIXED:
-            values, errors = worker._run_mixed(funcs, items, slot)
-        elif precise:
-            values, errors = worker._run_precise(funcs[fid], star, items, slot)
         else:
-            values, errors = worker._run_fast(funcs[fid], star, items)
+            values, errors = worker.run_batch(funcs, fid, star, items, precise, slot)
     except BaseException as e:  # SystemExit / KeyboardInterrupt out of a task
         code = None
         if isinstance(e, SystemExit):
@@ -459,10 +462,7 @@ def _run_timed(funcs: dict, fid: int, star: bool, items: list, timeouts: Any,
 
     def target() -> None:
         try:
-            if fid == MIXED:
-                box["r"] = worker._run_mixed(funcs, items, slot)
-            else:
-                box["r"] = worker._run_precise(funcs[fid], star, items, slot)
+            box["r"] = worker.run_batch(funcs, fid, star, items, True, slot)
         except BaseException as e:
             box["e"] = e
         finally:
@@ -493,40 +493,21 @@ def _reply(msg: tuple) -> bytes:
 
 
 def _reply_values(values: list, errors: dict | None, elapsed: int, pid: int) -> bytes:
+    from .._engine import worker
+
+    if errors:
+        errors = worker.check_errors(errors, _dumps, "client")
     msg = ("ok", values, errors, elapsed, pid)
     try:
         return pickle.dumps(msg, 5)
-    except Exception:
+    except BaseException:
         pass
     try:
         return _dumps(msg)
-    except Exception:
+    except BaseException:
         pass
-    values, errors = _isolate_unpicklable(values, errors)
-    return pickle.dumps(("ok", values, errors, elapsed, pid), 5)
-
-
-def _isolate_unpicklable(values: list, errors: dict | None) -> tuple[list, dict]:
-    """Replace each value or error that cannot be pickled by an UnpicklableError."""
-    import cloudpickle
-
-    errors = dict(errors or {})
-    for pos, value in enumerate(values):
-        try:
-            cloudpickle.dumps(value)
-        except Exception as e:
-            values[pos] = None
-            errors[pos] = _ExceptionWithTraceback(UnpicklableError(
-                f"the result {value!r:.200} cannot be pickled to send it to the client: {e}"))
-    for pos, err in list(errors.items()):
-        try:
-            cloudpickle.dumps(err)
-        except Exception as e:
-            exc = err.exc
-            errors[pos] = _ExceptionWithTraceback(UnpicklableError(
-                f"the task raised {type(exc).__name__}: {exc!s:.500}, which cannot be "
-                f"pickled to send it to the client ({e}); its traceback:\n{err.tb}"))
-    return values, errors
+    values, errors = worker.isolate_unpicklable(values, errors, _dumps, "client")
+    return _dumps(("ok", values, errors, elapsed, pid))
 
 
 def _forget_session(token: str) -> None:
@@ -908,7 +889,7 @@ class DaskBackend:
             elif self._closed_client():
                 raise _ClientClosed() from e
             elif stage == "pickle":  # the caller's function or arguments: their error
-                sched.unsend(batch, e)
+                sched.unsendable(batch, e, _pickling_error)
             else:  # the cluster's (e.g. the worker just left): run it elsewhere
                 w.suspect = True
                 sched.worker_lost([batch], (0, -1), w.pid, None)
@@ -1023,7 +1004,7 @@ class DaskBackend:
                 exc = RuntimeError(f"the Dask task of this batch failed: {exc!r}")
             _note(exc, "(the Dask task running this batch failed before it could run it; "
                   "polyproc and the task's modules must be importable on the Dask workers)")
-            sched.unsend(batch, exc)
+            sched.fail_batch(batch, exc)
             return
         if status != "finished":  # cancelled without us: its data was lost; run it again
             self._end(flight)
@@ -1034,7 +1015,7 @@ class DaskBackend:
             reply = pickle.loads(result)
         except BaseException as e:
             _note(e, "(the results of this batch could not be unpickled in the client)")
-            sched.unsend(batch, e)
+            sched.outcomes_unloadable(batch, e)
             return
         kind = reply[0]
         if kind == "ok":
@@ -1056,7 +1037,7 @@ class DaskBackend:
             _note(exc, f"(Dask worker pid {reply[2]} could not unpickle this batch: the "
                   "modules its function and arguments come from must be importable there, "
                   "or registered with cloudpickle.register_pickle_by_value)")
-            sched.unsend(batch, exc)
+            sched.fail_batch(batch, exc)
         elif kind == "timeout":
             _, pos, pid = reply
             w.pid = pid

@@ -22,7 +22,7 @@ from typing import Any
 from .. import util
 from .._engine import errors as _errors
 from .._engine import wire, worker
-from .._engine.errors import UnpicklableError, describe_exit
+from .._engine.errors import describe_exit
 from .._engine.scheduler import Batch, Scheduler
 from .._engine.slots import Slots
 
@@ -172,7 +172,7 @@ class LocalBackend:
                     message = sched.batch_message(batch, w.known_fids)
                     payload, fds = wire.dumps(message)
                 except Exception as e:
-                    sched.unsend(batch, e)
+                    sched.unsendable(batch, e, wire.pickling_error)
                     continue
                 w.known_fids.update(message[1])  # only now: the worker will get them
                 w.inflight.append(batch)
@@ -288,11 +288,15 @@ class LocalBackend:
             return
         batch = w.inflight.popleft()  # a worker answers its batches in order
         w.completed += 1
-        err = UnpicklableError(
-            f"the outcome of {len(batch)} task(s) sent by worker pid {w.pid} cannot be "
-            f"unpickled in the parent: {exc!r}")
+        from .._engine.broken import ResultUnpicklingError
+
+        err = ResultUnpicklingError(
+            f"the outcome of this task, sent by worker pid {w.pid}, cannot be unpickled in "
+            f"the parent: {type(exc).__name__}: {worker.safe_str(exc)}. Only this task "
+            "failed; make its result picklable (its class importable here, its __reduce__ "
+            "or __setstate__ not raising).")
         err.__cause__ = exc
-        self.scheduler.unsend(batch, err)
+        self.scheduler.outcomes_unloadable(batch, err)
 
     def _on_message(self, w: WorkerHandle, msg: Any) -> None:
         if msg[0] == "init":
@@ -334,7 +338,7 @@ class LocalBackend:
             self.scheduler.worker_lost(list(w.inflight), (running[0], running[1]), w.pid,
                                        exitcode, w.timed_out)
             w.inflight.clear()
-        if (exitcode != 0 and w.completed == 0 and running[0] == 0
+        if (exitcode != 0 and w.completed == 0 and running[2] == 0
                 and w.timed_out is None and not self._terminating):
             # It died before starting any batch: it can't even start (e.g. the main module
             # or the initializer crashes it). Don't respawn forever.

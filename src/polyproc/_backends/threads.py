@@ -6,12 +6,12 @@ timeouts cannot stop a thread, so they are refused; a thread cannot die, so noth
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
 from .._engine import errors as _errors
-from .._engine.scheduler import Batch, Scheduler
+from .._engine.scheduler import MIXED, Batch, Scheduler
+from .._engine.worker import run_batch
 
 
 class ThreadBackend:
@@ -93,31 +93,22 @@ class ThreadBackend:
 
 
 def _run(batch: Batch) -> tuple[list, dict | None, int]:
+    """Run ``batch`` in this thread with the process workers' loop (outcomes stay objects)."""
     import time
 
     t0 = time.monotonic_ns()
-    values: list = []
-    errors: dict | None = None
     if batch.job is not None:
-        func = batch.job.func
-        mapper = itertools.starmap if batch.job.star else map
-        it = iter(batch.items)
-        while True:
-            try:
-                values.extend(mapper(func, it))
-                break
-            except Exception as e:
-                if errors is None:
-                    errors = {}
-                errors[len(values)] = e
-                values.append(None)
+        job = batch.job
+        values, errors = run_batch({job.fid: job.func}, job.fid, job.star, batch.items,
+                                   False, _NO_SLOT, _same)
     else:
-        for pos, (_fid, args, kwargs) in enumerate(batch.items):
-            try:
-                values.append(batch.jobs[pos].func(*args, **kwargs))  # type: ignore[index]
-            except Exception as e:
-                if errors is None:
-                    errors = {}
-                errors[pos] = e
-                values.append(None)
+        funcs = {job.fid: job.func for job in batch.jobs}  # type: ignore[union-attr]
+        values, errors = run_batch(funcs, MIXED, False, batch.items, True, _NO_SLOT, _same)
     return values, errors, time.monotonic_ns() - t0
+
+
+_NO_SLOT = [0, 0, 0, 0]  # threads report what they run to nobody
+
+
+def _same(exc: BaseException) -> BaseException:
+    return exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import pickle
 import signal
 
 from ..context import ProcessError
@@ -10,15 +11,15 @@ from ..context import TimeoutError as _ProcessTimeoutError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .broken import BrokenProcessPool, WorkerLostError
+    from .broken import BrokenProcessPool, ResultUnpicklingError, WorkerLostError
 
 __all__ = ["WorkerLostError", "TaskTimeoutError", "BrokenProcessPool", "RemoteTraceback",
-           "describe_exit"]
+           "UnpicklableError", "ResultUnpicklingError", "describe_exit"]
 
 
 def __getattr__(name: str) -> object:
     # WorkerLostError and BrokenProcessPool live in ``broken`` (see there why).
-    if name in ("WorkerLostError", "BrokenProcessPool"):
+    if name in ("WorkerLostError", "BrokenProcessPool", "ResultUnpicklingError"):
         from . import broken
 
         return getattr(broken, name)
@@ -47,7 +48,11 @@ class _ExceptionWithTraceback:
         import traceback
 
         self.exc = exc
-        self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException as e:  # formatting must never cost the task its outcome
+            self.tb = (f"{type(exc).__qualname__} (its traceback could not be formatted: "
+                       f"{type(e).__name__})\n")
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return _rebuild_exception, (self.exc, self.tb)
@@ -58,8 +63,17 @@ def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
     return exc
 
 
-class UnpicklableError(ProcessError):
-    """A task's exception or result could not be pickled to send it back to the parent."""
+class UnpicklableError(ProcessError, pickle.PicklingError):
+    """A task's result or exception could not be pickled to send it back to the parent.
+
+    Only that task fails; the pool goes on. A ``pickle.PicklingError``, as the stdlib's
+    executor reports such a result (``except pickle.PicklingError`` keeps working).
+    """
+
+
+# Shown (and pickled) under the names users import them by, as the stdlib shows its own.
+UnpicklableError.__module__ = "polyproc"
+RemoteTraceback.__module__ = "polyproc.pool"
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -302,11 +302,15 @@ class Scheduler:
                     int(TARGET_NS / max(cost, 1.0)), -(-singles // self.n_workers), 256))
                 if limit is not None:
                     want = min(want, limit)
+            if job.requeue and job.requeue[0][2] and jobs:
+                break  # an isolated re-run goes alone in a batch of its own
             pending.popleft()
             if job.requeue:
-                _index, args, _ = job.requeue.popleft()
+                _index, args, isolate = job.requeue.popleft()
                 if job.requeue:
                     pending.appendleft(job)
+                if isolate:
+                    want = 1
             elif job.exhausted or job.finished:
                 continue
             else:
@@ -361,14 +365,64 @@ class Scheduler:
                 new_funcs[job.fid] = self.func_blob(job)
         return (batch.id, new_funcs, MIXED, False, batch.items, True)
 
-    def unsend(self, batch: Batch, error: BaseException) -> None:
-        """A batch could not be sent (e.g. its arguments can't be pickled): fail its tasks."""
+    def fail_batch(self, batch: Batch, error: BaseException) -> None:
+        """Every task of ``batch`` fails with ``error`` (it cannot run anywhere)."""
         with self.lock:
-            self.batches.pop(batch.id, None)
+            if self.batches.pop(batch.id, None) is None:
+                return
             for pos in range(len(batch)):
                 job = batch.job_at(pos)
                 job.inflight -= 1
                 self._deliver(job, batch.indices[pos], False, error)
+
+    def unsendable(self, batch: Batch, error: BaseException,
+                   pickling_error: Callable[[Any], BaseException | None]) -> None:
+        """``batch`` could not be pickled: only the tasks whose own arguments fail do.
+
+        ``pickling_error(obj)`` is None when ``obj`` pickles, else the error. Each task whose
+        arguments do not pickle fails with its own error; the others go back to the queue.
+        If no task alone is to blame (e.g. the function does not pickle), all fail with
+        ``error``.
+        """
+        with self.lock:
+            if self.batches.pop(batch.id, None) is None:
+                return
+            blame: dict[int, BaseException] = {}
+            for pos in range(len(batch)):
+                e = pickling_error(batch.items[pos])
+                if e is not None:
+                    blame[pos] = e
+            if not blame:
+                blame = dict.fromkeys(range(len(batch)), error)
+            for pos in range(len(batch)):
+                job = batch.job_at(pos)
+                job.inflight -= 1
+                index = batch.indices[pos]
+                if pos in blame:
+                    _note(blame[pos], f"(pickling the arguments of task {index} of "
+                          f"{job.name}() to send them to a worker)")
+                    self._deliver(job, index, False, blame[pos])
+                else:
+                    self._requeue(job, index, _task_args(batch, pos), isolate=False)
+
+    def outcomes_unloadable(self, batch: Batch, error: BaseException) -> None:
+        """The outcomes of ``batch`` arrived but cannot be unpickled here.
+
+        A batch of one task: that task fails with ``error``. A larger one: which task's
+        outcome is to blame is unknown, so each runs again alone, and only the culprit fails.
+        """
+        with self.lock:
+            if self.batches.pop(batch.id, None) is None:
+                return
+            if len(batch) == 1:
+                job = batch.job_at(0)
+                job.inflight -= 1
+                self._deliver(job, batch.indices[0], False, error)
+                return
+            for pos in range(len(batch)):
+                job = batch.job_at(pos)
+                job.inflight -= 1
+                self._requeue(job, batch.indices[pos], _task_args(batch, pos), isolate=True)
 
     # ---------------------------------------------------------------- outcomes
 
@@ -423,7 +477,7 @@ class Scheduler:
                 for pos in range(len(batch)):
                     job = batch.job_at(pos)
                     index = batch.indices[pos]
-                    args = batch.items[pos] if batch.job is not None else batch.items[pos][1]
+                    args = _task_args(batch, pos)
                     job.inflight -= 1
                     if pos == culprit:
                         if timed_out is not None and timed_out == (batch.id, pos):
@@ -553,8 +607,17 @@ def _cancelled() -> BaseException:
     return CancelledError("the pool was shut down before this task ran")
 
 
+def _task_args(batch: Batch, pos: int) -> Any:
+    """What task ``pos`` of ``batch`` is called with (as its job stores it)."""
+    return batch.items[pos] if batch.job is not None else batch.items[pos][1]
+
+
 def _annotate(exc: BaseException, job: Job, index: int, pid: int | None) -> None:
+    _note(exc, f"(raised by task {index} of {job.name}() in worker pid {pid})")
+
+
+def _note(exc: BaseException, note: str) -> None:
     try:
-        exc.add_note(f"(raised by task {index} of {job.name}() in worker pid {pid})")
+        exc.add_note(note)
     except Exception:
         pass

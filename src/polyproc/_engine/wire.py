@@ -44,6 +44,17 @@ def dumps(obj: object) -> tuple[bytes, list[int]]:
     return data, [_to_memfd(buffers)]
 
 
+def pickling_error(obj: object) -> BaseException | None:
+    """None if ``dumps(obj)`` works, else the error it raises (nothing is kept or sent)."""
+    try:
+        _data, fds = dumps(obj)
+    except Exception as e:
+        return e
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
 def _to_memfd(buffers: list[pickle.PickleBuffer]) -> int:
     sizes = [b.raw().nbytes for b in buffers]
     fd = os.memfd_create("polyproc-oob", os.MFD_CLOEXEC)

@@ -67,7 +67,7 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
         try:
             initializer(*initargs)
         except BaseException as e:
-            _send(sock, ("init", _with_traceback(e)))
+            _send(sock, ("init", check_errors({0: _with_traceback(e)}, wire.dumps)[0]))
             return
     funcs: dict[int, Any] = {}
     done = 0
@@ -88,21 +88,37 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
         slot[1] = -1
         t0 = time.monotonic_ns()
         slot[2] = t0
-        if fid == MIXED:
-            values, errors = _run_mixed(funcs, items, slot)
-        elif precise:
-            values, errors = _run_precise(funcs[fid], star, items, slot)
-        else:
-            values, errors = _run_fast(funcs[fid], star, items)
+        values, errors = run_batch(funcs, fid, star, items, precise, slot)
         elapsed = time.monotonic_ns() - t0
-        slot[0] = 0
+        # The row keeps naming the batch while its outcomes are sent (position -1: no task
+        # runs, so no timeout applies): a death now re-runs its tasks one by one to find the
+        # culprit instead of counting as a worker that never ran anything.
+        slot[1] = -1
         _send_result(sock, batch_id, values, errors, elapsed)
+        slot[0] = 0
         done += len(items)
         if maxtasks and done >= maxtasks:
             return
 
 
-def _run_fast(func: Any, star: bool, items: list) -> tuple[list, dict | None]:
+def run_batch(funcs: dict, fid: int, star: bool, items: list, precise: bool, slot: Any,
+              wrap: Any = None) -> tuple[list, dict | None]:
+    """Run one batch: ``(values, errors)``, errors ``{position: wrap(exception)}`` or None.
+
+    Every task gets an outcome: whatever it raises, ``SystemExit`` included (as the stdlib's
+    executor does), is its outcome and the worker goes on. ``wrap`` prepares an exception
+    for the trip to the caller (default: with its formatted traceback).
+    """
+    if wrap is None:
+        wrap = _with_traceback
+    if fid == MIXED:
+        return _run_mixed(funcs, items, slot, wrap)
+    if precise:
+        return _run_precise(funcs[fid], star, items, slot, wrap)
+    return _run_fast(funcs[fid], star, items, wrap)
+
+
+def _run_fast(func: Any, star: bool, items: list, wrap: Any) -> tuple[list, dict | None]:
     """Run a batch with C-level iteration; exceptions are caught without losing position."""
     values: list = []
     errors = None
@@ -112,14 +128,15 @@ def _run_fast(func: Any, star: bool, items: list) -> tuple[list, dict | None]:
         try:
             values.extend(mapper(func, it))
             return values, errors
-        except Exception as e:
+        except BaseException as e:
             if errors is None:
                 errors = {}
-            errors[len(values)] = _with_traceback(e)
+            errors[len(values)] = wrap(e)
             values.append(None)
 
 
-def _run_precise(func: Any, star: bool, items: list, slot: Any) -> tuple[list, dict | None]:
+def _run_precise(func: Any, star: bool, items: list, slot: Any,
+                 wrap: Any) -> tuple[list, dict | None]:
     """Run a batch recording each task's position and start time (for timeouts and blame)."""
     values: list = []
     errors = None
@@ -129,15 +146,15 @@ def _run_precise(func: Any, star: bool, items: list, slot: Any) -> tuple[list, d
         slot[1] = pos
         try:
             values.append(func(*args) if star else func(args))
-        except Exception as e:
+        except BaseException as e:
             if errors is None:
                 errors = {}
-            errors[pos] = _with_traceback(e)
+            errors[pos] = wrap(e)
             values.append(None)
     return values, errors
 
 
-def _run_mixed(funcs: dict, items: list, slot: Any) -> tuple[list, dict | None]:
+def _run_mixed(funcs: dict, items: list, slot: Any, wrap: Any) -> tuple[list, dict | None]:
     values: list = []
     errors = None
     now = time.monotonic_ns
@@ -146,10 +163,10 @@ def _run_mixed(funcs: dict, items: list, slot: Any) -> tuple[list, dict | None]:
         slot[1] = pos
         try:
             values.append(funcs[fid](*args, **kwargs))
-        except Exception as e:
+        except BaseException as e:
             if errors is None:
                 errors = {}
-            errors[pos] = _with_traceback(e)
+            errors[pos] = wrap(e)
             values.append(None)
     return values, errors
 
@@ -161,35 +178,121 @@ def _send(sock: Any, msg: Any) -> None:
 
 def _send_result(sock: Any, batch_id: int, values: list, errors: dict | None,
                  elapsed: int) -> None:
+    if errors:
+        errors = check_errors(errors, wire.dumps)
     try:
         payload, fds = wire.dumps((batch_id, values, errors, elapsed))
-    except Exception:
-        values, errors = _isolate_unpicklable(values, errors)
-        payload, fds = wire.dumps((batch_id, values, errors, elapsed))
+    except BaseException:
+        values, errors = isolate_unpicklable(values, errors, wire.dumps)
+        try:
+            payload, fds = wire.dumps((batch_id, values, errors, elapsed))
+        except BaseException as e:  # each part pickles alone but not together: fail them all
+            from .errors import UnpicklableError
+
+            err = _with_traceback(UnpicklableError(
+                f"the outcomes of this batch cannot be pickled together ({safe_str(e)})"))
+            payload, fds = wire.dumps((batch_id, [None] * len(values),
+                                       dict.fromkeys(range(len(values)), err), elapsed))
     wire.send(sock, payload, fds)
 
 
-def _isolate_unpicklable(values: list, errors: dict | None) -> tuple[list, dict]:
-    """Replace each value or error that cannot be pickled by an UnpicklableError."""
+def _pickles(obj: Any, dumps: Any) -> BaseException | None:
+    """None if ``obj`` pickles with ``dumps`` (fds it makes are closed), else the error."""
+    try:
+        out = dumps(obj)
+    except BaseException as e:  # RecursionError, a __reduce__ raising SystemExit, ...
+        return e
+    if isinstance(out, tuple):
+        for fd in out[1]:
+            os.close(fd)
+    return None
+
+
+def isolate_unpicklable(values: list, errors: dict | None, dumps: Any,
+                        peer: str = "parent") -> tuple[list, dict]:
+    """Replace each value that cannot be pickled by an ``UnpicklableError`` of its own.
+
+    Called when a batch's outcomes do not pickle as a whole; ``errors`` (already passed
+    through ``check_errors``) gains one entry per such value.
+    """
+    from .errors import UnpicklableError
+
     errors = dict(errors or {})
     for pos, value in enumerate(values):
-        try:
-            for fd in wire.dumps(value)[1]:
-                os.close(fd)  # only testing that it pickles
-        except Exception as e:
-            from .errors import UnpicklableError
-
+        e = _pickles(value, dumps)
+        if e is not None:
             values[pos] = None
             errors[pos] = _with_traceback(UnpicklableError(
-                f"the result {value!r:.200} cannot be pickled to send it to the parent: {e}"))
+                f"the result {safe_repr(value)} cannot be pickled to send it to the {peer}: "
+                f"{type(e).__name__}: {safe_str(e)}"))
+    return values, errors
+
+
+def check_errors(errors: dict, dumps: Any, peer: str = "parent") -> dict:
+    """Replace each task exception that cannot make the trip to ``peer`` by one that can.
+
+    One that cannot be pickled becomes an ``UnpicklableError`` (a ``PicklingError``); one
+    that pickles but cannot be rebuilt (e.g. its ``__init__`` takes other arguments than it
+    passes on) a ``ResultUnpicklingError`` (a ``BrokenProcessPool``, as the stdlib's executor
+    reports it). Both name the original exception and carry its traceback. Nothing here
+    calls a ``repr``/``str`` that could raise or recurse without bound.
+    """
     for pos, err in list(errors.items()):
         try:
-            pickle.dumps(err)
-        except Exception as e:
+            blob = pickle.dumps(err, 5)
+        except BaseException as e:
+            if _pickles(err, dumps) is None:
+                continue  # the fallback pickler (cloudpickle) can, and so can the peer
+            problem, pickled = e, False
+        else:
+            try:
+                pickle.loads(blob)
+                continue
+            except BaseException as e:
+                problem, pickled = e, True
+        exc = getattr(err, "exc", err)
+        what = (f"the task raised {_type_name(exc)}: {safe_str(exc)}, which cannot be "
+                f"{'unpickled in' if pickled else 'pickled to send it to'} the {peer} "
+                f"({_type_name(problem)}: {safe_str(problem)})")
+        tb = getattr(err, "tb", "")
+        if pickled:
+            from .broken import ResultUnpicklingError
+
+            new: BaseException = ResultUnpicklingError(
+                f"{what}; make the exception class picklable (e.g. pass every __init__ "
+                f"argument on to super().__init__). Its traceback:\n{tb}")
+        else:
             from .errors import UnpicklableError
 
-            exc = err.exc
-            errors[pos] = _with_traceback(UnpicklableError(
-                f"the task raised {type(exc).__name__}: {exc!s:.500}, which cannot be "
-                f"pickled to send it to the parent ({e}); its traceback:\n{err.tb}"))
-    return values, errors
+            new = UnpicklableError(f"{what}. Its traceback:\n{tb}")
+        errors[pos] = _with_traceback(new)
+    return errors
+
+
+def safe_repr(obj: Any, limit: int = 200) -> str:
+    """A short repr of ``obj`` that cannot raise (a failing ``repr`` is described)."""
+    try:
+        import reprlib
+
+        r = reprlib.Repr()
+        r.maxstring = r.maxother = limit
+        text = r.repr(obj)
+    except BaseException:
+        return f"<{_type_name(obj)} object (its repr() failed)>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def safe_str(obj: Any, limit: int = 500) -> str:
+    """``str(obj)`` cut to ``limit``, or a description if ``str`` raises."""
+    try:
+        text = str(obj)
+    except BaseException:
+        return f"<{_type_name(obj)} object (its str() failed)>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _type_name(obj: Any) -> str:
+    try:
+        return type(obj).__qualname__
+    except BaseException:
+        return "unknown"
