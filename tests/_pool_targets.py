@@ -217,3 +217,38 @@ def tiny(x: int) -> int:
 
 def tiny_gen(n: int):  # noqa: ANN201
     yield from range(n)
+
+
+# ---------------------------------------------------------------- references
+
+
+class DelMarker:
+    """Writes a file when the copy of it in a worker is collected."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.owner = os.getpid()  # the caller's own copy writes nothing
+
+    def __del__(self) -> None:
+        if os.getpid() == self.owner:
+            return
+        try:
+            with open(self.path, "w") as f:
+                f.write(str(os.getpid()))
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def drop(_: Any) -> None:
+    return None
+
+
+class Holder:
+    """An object whose bound method is submitted: it must be freed once the task is done."""
+
+    def method(self) -> int:
+        return 7
+
+
+def make_holder(_: Any = None) -> Holder:
+    return Holder()

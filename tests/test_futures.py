@@ -318,3 +318,11 @@ def test_threads_submit_concurrently() -> None:
         for th in threads:
             th.join(T)
         assert sorted(results) == sorted(k * 100 + i for k in range(4) for i in range(20))
+
+
+def test_max_tasks_per_child_defaults_to_spawn_like_the_stdlib() -> None:
+    with pf.ProcessPoolExecutor(1, max_tasks_per_child=2) as ex:
+        assert ex._mp_context.get_start_method() == "spawn"
+        assert ex.submit(t.sq, 3).result(T) == 9
+    with pf.ProcessPoolExecutor(1) as ex:  # without it: the default context, as before
+        assert ex._mp_context.get_start_method() == polyproc.get_start_method()

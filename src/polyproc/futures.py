@@ -46,7 +46,7 @@ from ._engine.errors import (
     UnpicklableError,
     WorkerLostError,
 )
-from ._engine.results import FutureSink, IMapIterator
+from ._engine.results import FutureSink, IMapIterator, draining
 from ._engine.scheduler import Job
 from .context import TimeoutError as _ProcessTimeoutError
 
@@ -85,7 +85,11 @@ class ProcessPoolExecutor(Executor):
         if mp_context is None:
             from .context import _default_context
 
-            mp_context = _default_context.get_context()
+            if max_tasks_per_child is not None:
+                # The stdlib's default here (a fork context is still accepted, unlike there).
+                mp_context = _default_context.get_context("spawn")
+            else:
+                mp_context = _default_context.get_context()
         self._mp_context = mp_context
         self._max_workers = max_workers
         self._initializer = initializer
@@ -246,13 +250,15 @@ def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
                 return
             except _ProcessTimeoutError:
                 raise TimeoutError from None
+            # Each value is let go as it is handed out: a result the caller drops is freed.
             if errors is None:
-                yield from values
+                yield from draining(values)
                 continue
-            for pos, value in enumerate(values):
+            values.reverse()
+            for pos in range(len(values)):
                 if pos in errors:
                     raise errors[pos]
-                yield value
+                yield values.pop()
     finally:
         it.close()
 

@@ -423,7 +423,9 @@ def _run_batch(token: str, payload: bytes, refs: dict[str, Any] | None = None) -
         funcs = session.funcs
         try:
             for k, blob in new_funcs.items():
-                if k not in funcs:
+                if blob is None:
+                    funcs.pop(k, None)
+                elif k not in funcs:
                     funcs[k] = session.adopt(pickle.loads(blob))
         except BaseException as e:
             return _reply(("load-error", _ExceptionWithTraceback(e), pid))
@@ -894,7 +896,7 @@ class DaskBackend:
                 w.suspect = True
                 sched.worker_lost([batch], (0, -1), w.pid, None)
             return
-        known.update(msg[1])  # only now: the worker gets them with this batch
+        _sched.learn_funcs(known, msg[1])  # only now: the worker gets them with this batch
         w.known_fids = known
         w.fresh = False
         self.stats["batches"] += 1

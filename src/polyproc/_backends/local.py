@@ -23,7 +23,7 @@ from .. import util
 from .._engine import errors as _errors
 from .._engine import wire, worker
 from .._engine.errors import describe_exit
-from .._engine.scheduler import Batch, Scheduler
+from .._engine.scheduler import Batch, Scheduler, learn_funcs
 from .._engine.slots import Slots
 
 _WAKE, _SOCK, _SENTINEL = 0, 1, 2
@@ -174,7 +174,7 @@ class LocalBackend:
                 except Exception as e:
                     sched.unsendable(batch, e, wire.pickling_error)
                     continue
-                w.known_fids.update(message[1])  # only now: the worker will get them
+                learn_funcs(w.known_fids, message[1])  # only now: the worker gets them
                 w.inflight.append(batch)
                 w.sent += len(batch)
                 w.writer.push(payload, fds)

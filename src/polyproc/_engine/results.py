@@ -9,10 +9,11 @@ backpressure that keeps ``imap`` memory bounded). ``AsyncResult``, ``MapResult``
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..context import TimeoutError as ProcessTimeoutError
@@ -237,7 +238,7 @@ class _IterBase(ResultSink):
                 if errors:
                     for pos, exc in errors.items():
                         values[pos] = _Raise(exc)
-                self._cur = iter(values)
+                self._cur = draining(values)
         finally:
             consumer.release()
 
@@ -280,6 +281,16 @@ class _IterBase(ResultSink):
                 ) -> bool:
         """Move every chunk ready for the consumer into ``local`` (lock held)."""
         raise NotImplementedError
+
+
+def draining(values: list[Any]) -> Iterator[Any]:
+    """A C-level iterator over ``values`` that lets go of each value as it hands it out.
+
+    The caller owns its results: one it drops must be collectable at once, not only when the
+    rest of its chunk has been consumed (``values`` is consumed: it ends empty).
+    """
+    values.reverse()
+    return map(values.pop, itertools.repeat(-1, len(values)))
 
 
 class _Raise:

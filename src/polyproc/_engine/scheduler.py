@@ -23,6 +23,7 @@ import collections
 import itertools
 import pickle
 import threading
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -178,6 +179,8 @@ class Scheduler:
         self._func_ids: dict[int, tuple[Any, int]] = {}  # id(func) -> (func, fid)
         self._func_blobs: dict[int, bytes] = {}
         self._func_cost: dict[int, float] = {}
+        self._func_users: dict[int, int] = {}  # fid -> active jobs, for released functions
+        self.released_fids: set[int] = set()  # functions workers should drop
         self.active: dict[int, Job] = {}
         self.wakeup = wakeup
         self.broken: BaseException | None = None
@@ -211,12 +214,35 @@ class Scheduler:
     def _fid_for(self, func: Any) -> int:
         entry = self._func_ids.get(id(func))
         if entry is not None and entry[0] is func:
-            return entry[1]
-        if len(self._func_ids) > 4096:
-            self._func_ids.clear()
-        fid = next(self._fids)
-        self._func_ids[id(func)] = (func, fid)
+            fid = entry[1]
+        else:
+            if len(self._func_ids) > 4096:
+                self._func_ids = {k: e for k, e in self._func_ids.items() if e[1] in self._func_users}
+            fid = next(self._fids)
+            self._func_ids[id(func)] = (func, fid)
+        if not _lives_in_a_module(func):
+            self._func_users[fid] = self._func_users.get(fid, 0) + 1
         return fid
+
+    def _release_func(self, job: Job) -> None:
+        # A closure, bound method, partial or lambda is let go (with what it holds) once no
+        # active job uses it; workers are told to drop it with their next batch. Functions
+        # that live in a module stay cached: the module keeps them alive anyway.
+        users = self._func_users.get(job.fid)
+        if users is None:
+            return
+        if users > 1:
+            self._func_users[job.fid] = users - 1
+            return
+        del self._func_users[job.fid]
+        entry = self._func_ids.get(id(job.func))
+        if entry is not None and entry[1] == job.fid:
+            del self._func_ids[id(job.func)]
+        self._func_blobs.pop(job.fid, None)
+        self._func_cost.pop(job.fid, None)
+        if len(self.released_fids) > 4096:
+            self.released_fids.clear()  # bounded: a worker may then keep a few stale ones
+        self.released_fids.add(job.fid)
 
     def func_blob(self, job: Job) -> bytes:
         """The function of ``job``, pickled once (cloudpickle for lambdas and closures)."""
@@ -354,14 +380,18 @@ class Scheduler:
         (``message[1]``) once the message could be pickled, since a batch that fails to pickle
         (an unpicklable argument) never reaches the worker, nor do its functions.
         """
-        new_funcs: dict[int, bytes] = {}
+        new_funcs: dict[int, bytes | None] = {}
+        released = self.released_fids
+        if released and known_fids:
+            for fid in released & known_fids:
+                new_funcs[fid] = None  # drop it: no job uses it any more
         if batch.job is not None:
             job = batch.job
             if job.fid not in known_fids:
                 new_funcs[job.fid] = self.func_blob(job)
             return (batch.id, new_funcs, job.fid, job.star, batch.items, batch.precise)
         for job in batch.jobs:  # type: ignore[union-attr]
-            if job.fid not in known_fids and job.fid not in new_funcs:
+            if job.fid not in known_fids and new_funcs.get(job.fid) is None:
                 new_funcs[job.fid] = self.func_blob(job)
         return (batch.id, new_funcs, MIXED, False, batch.items, True)
 
@@ -577,6 +607,7 @@ class Scheduler:
     def _maybe_finish(self, job: Job) -> None:
         if not job.finished and job.exhausted and job.inflight == 0 and not job.requeue:
             job.finished = True
+            self._release_func(job)
             if self.active.pop(job.id, None) is not None and job.timeout is not None:
                 self.timed_jobs -= 1
             if job.progress is not None:
@@ -605,6 +636,23 @@ def _cancelled() -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError("the pool was shut down before this task ran")
+
+
+def learn_funcs(known_fids: set[int], new_funcs: dict[int, bytes | None]) -> None:
+    """Update a worker's set of function ids once a batch message with ``new_funcs`` is sent."""
+    for fid, blob in new_funcs.items():
+        if blob is None:
+            known_fids.discard(fid)
+        else:
+            known_fids.add(fid)
+
+
+def _lives_in_a_module(func: Any) -> bool:
+    """A plain function or builtin reachable by its module and name (kept alive by it)."""
+    kind = type(func)
+    if kind is not types.FunctionType and kind is not types.BuiltinFunctionType:
+        return False
+    return "<" not in getattr(func, "__qualname__", "<")
 
 
 def _task_args(batch: Batch, pos: int) -> Any:

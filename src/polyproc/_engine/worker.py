@@ -83,7 +83,10 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
             return
         batch_id, new_funcs, fid, star, items, precise = msg
         for k, blob in new_funcs.items():
-            funcs[k] = pickle.loads(blob)
+            if blob is None:
+                funcs.pop(k, None)  # no job of the pool uses it any more
+            else:
+                funcs[k] = pickle.loads(blob)
         slot[0] = batch_id
         slot[1] = -1
         t0 = time.monotonic_ns()
@@ -97,6 +100,8 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
         _send_result(sock, batch_id, values, errors, elapsed)
         slot[0] = 0
         done += len(items)
+        # Let go of this batch's arguments and outcomes now, not when the next one comes.
+        data = msg = items = values = errors = new_funcs = None
         if maxtasks and done >= maxtasks:
             return
 
