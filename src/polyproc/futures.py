@@ -17,7 +17,6 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 from __future__ import annotations
 
 import _thread
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +45,7 @@ from ._engine.errors import (
     UnpicklableError,
     WorkerLostError,
 )
-from ._engine.results import FutureSink, IMapIterator, draining
+from ._engine.results import BoundedIMapIterator, FutureSink, IMapIterator, draining
 from ._engine.scheduler import Job
 from .context import TimeoutError as _ProcessTimeoutError
 
@@ -68,7 +67,7 @@ class ProcessPoolExecutor(Executor):
                  max_tasks_per_child: int | None = None, retries: int = 0,
                  task_timeout: float | None = None) -> None:
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = util._default_worker_count()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -138,20 +137,27 @@ class ProcessPoolExecutor(Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int | None = None,
-            progress: Any = False) -> Iterator[Any]:
+            buffersize: int | None = None, progress: Any = False) -> Iterator[Any]:
         """``fn(*args)`` for ``args`` in ``zip(*iterables)``, yielded in order.
 
         ``timeout`` (seconds from this call) bounds the whole iteration, as in the stdlib.
         Input is read lazily; results not yet consumed are bounded (backpressure).
+        ``buffersize`` (Python 3.14's, offered on every version) bounds exactly how many
+        tasks may be running or waiting to be consumed; the input is read no further ahead.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None:
+            if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._shutdown_lock:
             if self._shutdown_thread:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             backend = self._ensure_backend()
-            it = IMapIterator()
+            it = IMapIterator() if buffersize is None else BoundedIMapIterator()
             total = None
             if len(iterables) == 1:
                 # One iterable: its items are the arguments (no 1-tuples to make and pickle).
@@ -161,13 +167,16 @@ class ProcessPoolExecutor(Executor):
             else:
                 source, star = zip(*iterables, strict=False), True
             job = Job("map", fn, source, it, star=star, chunksize=chunksize,
-                      retries=self._retries, timeout=self._task_timeout, window=_MAP_WINDOW,
-                      size_hint=total)
+                      retries=self._retries, timeout=self._task_timeout,
+                      window=_MAP_WINDOW if buffersize is None else buffersize,
+                      size_hint=total, strict_window=buffersize is not None)
             if progress:
                 from ._engine.progress import make_progress
 
                 job.progress = make_progress(progress, total, "map")
             backend.scheduler.submit(job)
+        if buffersize is not None:
+            return _bounded_result_iterator(it, deadline)  # type: ignore[arg-type]
         return _result_iterator(it, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -258,6 +267,28 @@ def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
             for pos in range(len(values)):
                 if pos in errors:
                     raise errors[pos]
+                yield values.pop()
+    finally:
+        it.close()
+
+
+def _bounded_result_iterator(it: BoundedIMapIterator, deadline: float | None) -> Iterator[Any]:
+    """As ``_result_iterator``, telling the job of every outcome handed out (buffersize)."""
+    next_chunk = it._next_chunk
+    try:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                values, errors = next_chunk(remaining)
+            except StopIteration:
+                return
+            except _ProcessTimeoutError:
+                raise TimeoutError from None
+            values.reverse()
+            for pos in range(len(values)):
+                if errors and pos in errors:
+                    raise errors[pos]
+                it.handed_out()
                 yield values.pop()
     finally:
         it.close()

@@ -16,7 +16,6 @@ Differences from the stdlib, all additions with compatible defaults:
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,7 +55,7 @@ class Pool:
                  context: Any = None, *, retries: int = 0,
                  task_timeout: float | None = None) -> None:
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = util._default_worker_count()
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (

@@ -141,6 +141,16 @@ class BaseProcess:
         if self._popen is not None:
             self._popen.kill()
 
+    def interrupt(self) -> None:
+        """Interrupt the process with SIGINT (``Process.interrupt()`` of Python 3.14).
+
+        Its main thread gets ``KeyboardInterrupt``, so ``finally`` blocks and context managers
+        run; a child that ignores SIGINT goes on.
+        """
+        self._check_closed()
+        if self._popen is not None:
+            self._popen.interrupt()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait until the process ends or the timeout (seconds) passes."""
         self._check_closed()

@@ -312,6 +312,16 @@ class ForkAwareLocal(threading.local):
 
 # ---------------------------------------------------------------- fds
 
+def _default_worker_count() -> int:
+    """Workers a pool or executor starts by default: the running Python's own choice.
+
+    ``os.process_cpu_count()`` where the interpreter has it (3.13+: the CPUs this process may
+    use, and ``PYTHON_CPU_COUNT``), else ``os.cpu_count()``, as each version's stdlib does.
+    """
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return count or 1
+
+
 def close_fds(*fds: int) -> None:
     """Close each fd, ignoring ones already closed."""
     for fd in fds:

@@ -344,6 +344,31 @@ class IMapIterator(_IterBase):
         return index != start
 
 
+class BoundedIMapIterator(IMapIterator):
+    """An ``IMapIterator`` whose window counts what its consumer holds but has not handed
+    out yet (``Executor.map(buffersize=)``: a strict bound on tasks read ahead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0  # outcomes taken from the shared buffer, not handed out yet
+
+    def _refill(self, local: collections.deque[tuple[list[Any], dict[int, Any] | None]]
+                ) -> bool:
+        before = self._count
+        moved = super()._refill(local)
+        self.held += before - self._count
+        return moved
+
+    def unconsumed(self) -> int:
+        return self._count + self.held
+
+    def handed_out(self) -> None:
+        """The consumer handed one outcome to its caller: the window has room again."""
+        self.held -= 1
+        if self.wakeup is not None:
+            self.wakeup()
+
+
 class IMapUnorderedIterator(_IterBase):
     """Iterator over ``imap_unordered`` results in completion order."""
 

@@ -56,7 +56,8 @@ class Job:
                  *, length: int | None = None, star: bool = False,
                  kwargs: dict[str, Any] | None = None, chunksize: int | None = None,
                  retries: int = 0, timeout: float | None = None, window: int | None = None,
-                 single: bool = False, size_hint: int | None = None) -> None:
+                 single: bool = False, size_hint: int | None = None,
+                 strict_window: bool = False) -> None:
         self.id = 0
         self.name = name
         self.func = func
@@ -92,7 +93,8 @@ class Job:
         self.finished = False
         self.blocked = False
         self.progress: Any = None
-        self.window_scale = 8
+        # How many batches the window may hold beyond ``window`` tasks; 0 for a strict bound.
+        self.window_scale = 0 if strict_window else 8
 
     def has_work(self) -> bool:
         if self.requeue:
@@ -197,7 +199,8 @@ class Scheduler:
             job.id = next(self._job_ids)
             job.fid = self._fid_for(job.func)
             if job.window is not None:
-                job.window_scale = 4 * self.n_workers
+                if job.window_scale:  # 0: the caller's bound, exactly (map's buffersize)
+                    job.window_scale = 4 * self.n_workers
                 job.sink.wakeup = lambda: self._consumed(job)
             if job.timeout is not None:
                 self.timed_jobs += 1

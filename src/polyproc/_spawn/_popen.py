@@ -83,6 +83,9 @@ class PopenBase:
     def kill(self) -> None:
         self._send_signal(signal.SIGKILL)
 
+    def interrupt(self) -> None:
+        self._send_signal(signal.SIGINT)
+
     def close(self) -> None:
         if self.finalizer is not None:
             self.finalizer()
