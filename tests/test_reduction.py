@@ -147,3 +147,17 @@ def test_fd_sharer_same_process():
 def test_authkey_not_picklable_outside_spawning():
     with pytest.raises(TypeError, match="disallowed for security reasons"):
         pickle.dumps(polyproc.current_process().authkey)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_open_file_argument_is_refused_like_the_stdlib(method: str, tmp_path) -> None:  # noqa: ANN001
+    # The cloudpickle fallback sends code by value, never a copy of an open file's contents.
+    path = tmp_path / "data.txt"
+    path.write_text("secret")
+    with open(path) as f, polyproc.get_context(method).Pool(1) as pool:
+        with pytest.raises(TypeError, match="cannot pickle '_io.TextIOWrapper' object"):
+            pool.apply(len, (f,))
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pool.apply(lambda: f.read())  # a closure over it
+        assert pool.apply(len, ("abc",)) == 3

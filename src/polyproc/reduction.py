@@ -108,6 +108,13 @@ def _cloud_pickler_class() -> type:
             reduce = _extra_reducers.get(type(obj))
             if reduce is not None:
                 return reduce(obj)
+            if isinstance(obj, io.IOBase):
+                # cloudpickle would send a copy of an open file's contents; the stdlib
+                # refuses the file, and so do we (only code travels by value).
+                kind = type(obj)
+                name = kind.__qualname__ if kind.__module__ == "builtins" else \
+                    f"{kind.__module__}.{kind.__qualname__}"
+                raise TypeError(f"cannot pickle {name!r} object")
             return super().reducer_override(obj)
 
     return _CloudForkingPickler
