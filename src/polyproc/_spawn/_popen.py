@@ -135,8 +135,22 @@ def interpreter_args() -> list[str]:
 
 
 def child_command(code: str) -> list[str]:
-    """The argv of a fresh interpreter running ``code``."""
-    return [get_executable(), *interpreter_args(), "-c", code, "--polyproc-fork"]
+    """The argv of a fresh interpreter running ``code``.
+
+    The child must find polyproc where this process found it, also when only a ``sys.path``
+    entry added at run time leads there (a vendored copy, a notebook's
+    ``sys.path.insert(0, "src")``, a checkout used without installing): that directory goes
+    first on the child's path unless the child has it already (its full ``sys.path`` comes
+    with the preparation data later).
+    """
+    root = package_root()
+    boot = f"import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n{code}"
+    return [get_executable(), *interpreter_args(), "-c", boot, "--polyproc-fork"]
+
+
+def package_root() -> str:
+    """The directory that holds this polyproc package (what ``import polyproc`` searched)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_frames(fd: int, *frames: bytes | memoryview) -> None:
