@@ -129,8 +129,14 @@ def test_one_bad_item_fails_only_its_task(pools, kind: str, api: str) -> None:  
     wrong = [i for i, (ok, v) in enumerate(outcomes) if ok and v != i * i]
     assert not wrong
     err = outcomes[b.BAD][1]
-    assert isinstance(err, KINDS[kind]), repr(err)
-    if kind == "exception_bad_init":
+    if kind == "exception_bad_init" and isinstance(err, b.BadInitError):
+        # Something in this process made such exceptions picklable (tblib's pickling
+        # support, which distributed installs on exceptions it handles, rebuilds them
+        # without __init__): then the exception itself arrives, which is better still.
+        pass
+    else:
+        assert isinstance(err, KINDS[kind]), repr(err)
+    if kind == "exception_bad_init" and not isinstance(err, b.BadInitError):
         assert "BadInitError" in str(err) and "picklable" in str(err)
     # the pool is not broken, for any API
     assert pool.apply(b.sq, (3,)) == 9
