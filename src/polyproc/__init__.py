@@ -62,6 +62,7 @@ _LAZY = {
     "ResultUnpicklingError": ("polyproc._engine.broken", "ResultUnpicklingError"),
     "UnpicklableError": ("polyproc._engine.errors", "UnpicklableError"),
     "RemoteTraceback": ("polyproc._engine.errors", "RemoteTraceback"),
+    "install": ("polyproc._install", "install"),
 }
 
 
@@ -87,5 +88,5 @@ __all__ = [
     "get_all_start_methods", "get_context", "get_logger", "get_start_method", "log_to_stderr",
     "parent_process", "reducer", "set_executable", "set_forkserver_preload", "set_start_method",
     "ProcessPoolExecutor", "ThreadPool", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
-    "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback",
+    "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback", "install",
 ]

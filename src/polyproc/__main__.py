@@ -1,5 +1,5 @@
-"""Command line entry point: ``python -m polyproc {demo,info,bench,doctor}`` (also installed as
-``polyproc``)."""
+"""Command line entry point: ``python -m polyproc {demo,info,run,bench,doctor}`` (also installed
+as ``polyproc``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Show the polyproc and Python versions, the start methods, the CPU count "
         "and which optional extras are installed.",
     )
+    run = sub.add_parser(
+        "run",
+        help="run a program with multiprocessing (and concurrent.futures' process pool) "
+             "resolving to polyproc",
+        description="Run a Python program in whole-program mode: `multiprocessing`, its "
+        "submodules and concurrent.futures.ProcessPoolExecutor resolve to polyproc in this "
+        "process and in every process it starts, so the libraries the program uses run on "
+        "polyproc too. Like `python script.py args` or `python -m module args`.",
+    )
+    run.add_argument("-m", dest="module", metavar="MODULE",
+                     help="run library module MODULE as a script (like python -m)")
+    run.add_argument("--no-futures", action="store_true",
+                     help="leave concurrent.futures.ProcessPoolExecutor the stdlib's")
+    run.add_argument("argv", nargs=argparse.REMAINDER,
+                     help="the script (unless -m) and its arguments")
     from ._cli import bench, doctor
 
     bench.add_arguments(sub.add_parser(
@@ -56,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         from ._cli import info
 
         return info.run()
+    if args.command == "run":
+        return _run(parser, args)
     if args.command == "bench":
         from ._cli import bench
 
@@ -66,6 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         return doctor.run(args)
     parser.print_help()
     return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import runpy
+
+    from ._install import install
+
+    if args.module is None and not args.argv:
+        parser.error("run needs a script or -m MODULE")
+    install(futures=not args.no_futures)
+    if args.module is not None:
+        sys.argv = [args.module, *args.argv]
+        runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+    else:
+        script = args.argv[0]
+        sys.argv = list(args.argv)
+        import os
+
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        runpy.run_path(script, run_name="__main__")
+    return 0
 
 
 if __name__ == "__main__":

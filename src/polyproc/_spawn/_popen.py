@@ -144,7 +144,12 @@ def child_command(code: str) -> list[str]:
     with the preparation data later).
     """
     root = package_root()
-    boot = f"import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n{code}"
+    # Whole-program mode (polyproc.install()) comes first, before anything imports the
+    # stdlib's multiprocessing in the child.
+    boot = (f"import sys\nif {root!r} not in sys.path: sys.path.insert(0, {root!r})\n"
+            "import os\nif os.environ.get('POLYPROC_INSTALL'):\n"
+            "    from polyproc._install import install_from_env; install_from_env()\n"
+            f"{code}")
     return [get_executable(), *interpreter_args(), "-c", boot, "--polyproc-fork"]
 
 
