@@ -207,6 +207,72 @@ def test_no_worker_can_start_fails_waiting_tasks_then_recovers(tmp_path, method)
         assert o["recovered"] < 5, o
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("code", ["EAGAIN", "ENOMEM"])
+def test_fork_refused_while_replacing(monkeypatch, code, no_leaks) -> None:  # noqa: ANN001
+    """``os.fork`` refused (a process limit, memory): as for fds, the dispatcher retries."""
+    import errno
+    import threading
+
+    real_fork = os.fork
+    refusals = [5]
+
+    def fork() -> int:
+        if threading.current_thread().name == "polyproc-dispatcher" and refusals[0] > 0:
+            refusals[0] -= 1
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        return real_fork()
+
+    with polyproc.get_context("fork").Pool(2) as pool:
+        assert pool.map(t.sq, range(4)) == [0, 1, 4, 9]
+        backend = pool._backend
+        before = len(os.listdir("/proc/self/fd"))
+        monkeypatch.setattr(os, "fork", fork)
+        victim = backend.worker_pids()[0]
+        with pytest.warns(RuntimeWarning, match=f"could not start a pool worker: .*{code}"):
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: backend.starts.failures >= 5, T, "the refused starts")
+            wait_until(lambda: len(backend.worker_pids()) == 2, T, "the replacement worker")
+        assert getattr(errno, code) == backend.starts.error.errno
+        assert pool.map(t.sq, range(50)) == [x * x for x in range(50)]
+        assert len(os.listdir("/proc/self/fd")) == before  # nothing of the failed starts left
+
+
+@pytest.mark.timeout(60)
+def test_start_failing_for_another_reason_fails_waiting_tasks_at_once(monkeypatch,
+                                                                      no_leaks) -> None:  # noqa: ANN001
+    """An error that need not go away by itself: with no worker left, the waiting tasks
+    fail at once (naming it) rather than after the stall limit; the pool retries still."""
+    import threading
+
+    from polyproc._backends.local import LocalBackend
+
+    real_start = LocalBackend._start_worker
+    allow = threading.Event()
+
+    def start(self, slot):  # noqa: ANN001, ANN202
+        if threading.current_thread().name == "polyproc-dispatcher" and not allow.is_set():
+            raise RuntimeError("no workers today")
+        return real_start(self, slot)
+
+    with polyproc.get_context("fork").Pool(1) as pool:
+        assert pool.map(t.sq, range(4)) == [0, 1, 4, 9]
+        backend = pool._backend
+        monkeypatch.setattr(LocalBackend, "_start_worker", start)
+        with pytest.warns(RuntimeWarning, match="no workers today"):
+            os.kill(backend.worker_pids()[0], signal.SIGKILL)
+            wait_until(lambda: backend.starts.failures >= 1, T, "a failed start")
+            t0 = time.monotonic()
+            with pytest.raises(polyproc.BrokenProcessPool,
+                               match="no pool worker could be started .*RuntimeError: no "
+                                     "workers today"):
+                pool.apply_async(t.sq, (3,)).get(T)
+            assert time.monotonic() - t0 < 5  # at the next attempt, not after the stall limit
+            allow.set()
+            wait_until(lambda: len(backend.worker_pids()) == 1, T, "the replacement worker")
+        assert pool.map(t.sq, range(20)) == [x * x for x in range(20)]
+
+
 # ---------------------------------------------------------------- the fork server dies
 
 
