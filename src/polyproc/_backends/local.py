@@ -25,6 +25,7 @@ from .._engine import wire, worker
 from .._engine.errors import describe_exit
 from .._engine.scheduler import Batch, Scheduler, learn_funcs
 from .._engine.slots import Slots
+from . import starts
 
 _WAKE, _SOCK, _SENTINEL = 0, 1, 2
 #: A worker gets a second batch queued behind its running one while batches last less.
@@ -73,27 +74,45 @@ class LocalBackend:
         self.initargs = tuple(initargs)
         self.maxtasks = maxtasksperchild
         self.name = name
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wake_r = self._wake_w = -1
         self._wake_pending = False
         # Taken to write a wakeup and to close the pipe: once closed, its fd number may be
         # reused by any file of this process, which a late wakeup must never write to.
         self._wake_lock = threading.Lock()
         self.scheduler = Scheduler(processes, self.wakeup)
-        self.slots = Slots(processes)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
         self.workers: dict[int, WorkerHandle] = {}
         self._counter = itertools.count(1)
         self._closing = False  # no new work; stop when idle
         self._terminating = False  # stop now
         self._startup_failures = 0
-        self._fork = ctx.get_start_method() == "fork"
-        for slot in range(processes):
-            self._start_worker(slot)
-        self.thread = threading.Thread(target=self._run, name="polyproc-dispatcher",
-                                       daemon=True)
-        self.thread.start()
+        method = ctx.get_start_method()
+        self._fork = method == "fork"
+        self._forkserver = method == "forkserver"
+        # Slots whose worker could not be started (out of fds, memory, processes): retried
+        # with back-off; see _start_failed.
+        self.starts = starts.StartRetry()
+        self.slots: Slots | None = None
+        self.sel: selectors.BaseSelector | None = None
+        try:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            self.slots = Slots(processes)
+            self.sel = selectors.DefaultSelector()
+            self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+            for slot in range(processes):
+                self._start_worker(slot)
+            self.thread = threading.Thread(target=self._run, name="polyproc-dispatcher",
+                                           daemon=True)
+            self.thread.start()
+        except BaseException as e:
+            # Out of fds, memory or processes: release what was made (workers, fds), so a
+            # program that retries does not leak with every try.
+            self._terminating = True
+            self._shutdown_workers()
+            if isinstance(e, Exception):
+                starts.add_note(e, f"(polyproc could not start a pool of {processes} "
+                                   f"worker(s): {starts.describe(e)})")
+            raise
 
     # ---------------------------------------------------------------- any thread
 
@@ -129,29 +148,44 @@ class LocalBackend:
     # ---------------------------------------------------------------- workers
 
     def _start_worker(self, slot: int) -> None:
+        """Start the worker of ``slot``; on any error, nothing of it is left (fds, process)."""
+        sel = self.sel
+        assert sel is not None and self.slots is not None
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for sock in (parent_sock, child_sock):
-            _widen(sock)
-        close_fds: tuple[int, ...] = ()
-        if self._fork:
-            # A forked worker inherits every fd of ours; close the pool's private ones.
-            close_fds = (self._wake_r, self._wake_w, parent_sock.fileno(), self.sel.fileno(),
-                         *(w.sock.fileno() for w in self.workers.values()))
-        self.slots.reset(slot)
-        proc = self.ctx.Process(
-            target=worker.main,
-            args=(child_sock, self.slots, slot, self.initializer, self.initargs, self.maxtasks,
-                  close_fds),
-            name=f"{self.name}-{next(self._counter)}", daemon=True)
+        proc = None
+        registered = []
         try:
-            proc.start()
-        finally:
+            for sock in (parent_sock, child_sock):
+                _widen(sock)
+            close_fds: tuple[int, ...] = ()
+            if self._fork:
+                # A forked worker inherits every fd of ours; close the pool's private ones.
+                close_fds = (self._wake_r, self._wake_w, parent_sock.fileno(), sel.fileno(),
+                             *(w.sock.fileno() for w in self.workers.values()))
+            self.slots.reset(slot)
+            proc = self.ctx.Process(
+                target=worker.main,
+                args=(child_sock, self.slots, slot, self.initializer, self.initargs,
+                      self.maxtasks, close_fds),
+                name=f"{self.name}-{next(self._counter)}", daemon=True)
+            try:
+                proc.start()
+            finally:
+                child_sock.close()
+            parent_sock.setblocking(False)
+            w = WorkerHandle(slot, proc, parent_sock)
+            for key, data in ((parent_sock, (_SOCK, w)), (proc.sentinel, (_SENTINEL, w))):
+                sel.register(key, selectors.EVENT_READ, data)  # epoll: ENOMEM, ENOSPC
+                registered.append(key)
+        except BaseException:
             child_sock.close()
-        parent_sock.setblocking(False)
-        w = WorkerHandle(slot, proc, parent_sock)
+            for key in registered:
+                sel.unregister(key)
+            parent_sock.close()
+            if proc is not None and proc._popen is not None:  # started: stop it again
+                starts.reap_now(proc)
+            raise
         self.workers[slot] = w
-        self.sel.register(parent_sock, selectors.EVENT_READ, (_SOCK, w))
-        self.sel.register(proc.sentinel, selectors.EVENT_READ, (_SENTINEL, w))
 
     def _fill(self) -> None:
         """Give every worker with spare capacity a batch."""
@@ -253,6 +287,8 @@ class LocalBackend:
                     self._on_death(w)
             if sched.running_jobs_with_timeout():
                 self._check_timeouts()
+            if self.starts.slots:
+                self._retry_starts()
 
     def _read(self, w: WorkerHandle) -> None:
         try:
@@ -317,6 +353,8 @@ class LocalBackend:
         self.scheduler.complete(batch_id, values, errors, elapsed, w.pid)
 
     def _on_death(self, w: WorkerHandle) -> None:
+        if self._forkserver and self._lives_on(w):
+            return
         # Results it sent before dying still count: read the socket to its end first.
         while not w.eof and wire_has_data(w.sock):
             self._read(w)
@@ -324,6 +362,8 @@ class LocalBackend:
         running = self.slots.read(w.slot)
         w.proc.join(5)
         exitcode = w.proc.exitcode
+        if getattr(w.proc._popen, "exit_unknown", False):
+            exitcode = _errors.EXIT_UNKNOWN  # its fork server died first: nobody knows it
         for key in (w.sock, w.proc.sentinel):
             try:
                 self.sel.unregister(key)
@@ -350,12 +390,74 @@ class LocalBackend:
                     "import (its error output is above)"))
                 self._closing = True
         if not self._terminating and not (self._closing and self.scheduler.idle()):
-            self._start_worker(w.slot)
+            if self.starts.slots:  # starting workers fails now: wait for the next attempt
+                self.starts.slots.add(w.slot)
+            else:
+                self._try_start(w.slot)
+
+    def _lives_on(self, w: WorkerHandle) -> bool:
+        """The sentinel of a forkserver worker fired: was it its fork server that died? The
+        worker then lives on (reparented to init) and keeps its tasks; its Popen re-arms the
+        sentinel to watch the worker itself (same fd, another file: register it again)."""
+        sel = self.sel
+        assert sel is not None
+        try:  # before the Popen swaps the file under the fd, or epoll would keep the old one
+            sel.unregister(w.proc.sentinel)
+        except (KeyError, ValueError):
+            pass
+        if w.proc.exitcode is not None:
+            return False
+        sel.register(w.proc.sentinel, selectors.EVENT_READ, (_SENTINEL, w))
+        return True
+
+    # ---------------------------------------------------------------- failed starts
+
+    def _try_start(self, slot: int) -> bool:
+        try:
+            self._start_worker(slot)
+        except Exception as e:
+            self._start_failed(slot, e)
+            return False
+        return True
+
+    def _start_failed(self, slot: int, exc: Exception) -> None:
+        """A replacement worker could not start (out of fds, memory, processes; a dead fork
+        server), and nothing of it is left. Try again after a back-off (the selector's
+        timeout: the other workers go on meanwhile); only once no worker at all has run for
+        ``starts.STALL_LIMIT`` seconds do the tasks waiting for one fail."""
+        retry = self.starts
+        alone = retry.failed(slot, exc, len(self.workers))
+        if not retry.warned:
+            retry.warned = True
+            starts.warn(f"polyproc: could not start a pool worker: {starts.describe(exc)}; "
+                        f"the pool tries again (running on {len(self.workers)} of {self.n} "
+                        "workers meanwhile)")
+        if self.workers or alone < (starts.STALL_LIMIT if starts.is_transient(exc) else 0):
+            return
+        self.scheduler.cancel_pending(starts.stall_error(
+            f"no pool worker could be started for {alone:.0f} s: {starts.describe(exc)}. "
+            "This task was not run; the pool keeps trying to start workers, and runs the "
+            "tasks it is given once one starts", exc))
+
+    def _retry_starts(self) -> None:
+        retry = self.starts
+        if self._terminating or (self._closing and self.scheduler.idle()):
+            retry.slots.clear()
+            return
+        if not retry.due():
+            return
+        for slot in sorted(retry.slots):
+            retry.slots.discard(slot)
+            if not self._try_start(slot):
+                return  # still failing: _start_failed set the next attempt
+        retry.recovered()
 
     # ---------------------------------------------------------------- timeouts
 
     def _timer(self) -> float | None:
-        return 0.02 if self.scheduler.running_jobs_with_timeout() else None
+        timer = 0.02 if self.scheduler.running_jobs_with_timeout() else None
+        retry = self.starts.timeout()
+        return timer if retry is None else retry if timer is None else min(timer, retry)
 
     def _check_timeouts(self) -> None:
         now = time.monotonic_ns()
@@ -383,6 +485,7 @@ class LocalBackend:
     # ---------------------------------------------------------------- shutdown
 
     def _shutdown_workers(self) -> None:
+        self.starts.slots.clear()
         workers = list(self.workers.values())
         for w in workers:
             try:
@@ -412,14 +515,15 @@ class LocalBackend:
         # Anything still waiting (terminate, or a dispatcher failure) gets its outcome now.
         self.scheduler.fail_all(_terminated_error()) if not self.scheduler.idle() else None
         try:
-            self.sel.close()
+            self.sel.close() if self.sel is not None else None
         except OSError:
             pass
         with self._wake_lock:
             self._wake_pending = True
             fds, self._wake_w = (self._wake_r, self._wake_w), -1
-        util.close_fds(*fds)
-        self.slots.close()  # its memfd: one fd per pool otherwise, never closed
+        util.close_fds(*(fd for fd in fds if fd >= 0))
+        if self.slots is not None:
+            self.slots.close()  # its memfd: one fd per pool otherwise, never closed
 
 
 def _terminated_error() -> BaseException:

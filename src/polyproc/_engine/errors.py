@@ -76,10 +76,17 @@ UnpicklableError.__module__ = "polyproc"
 RemoteTraceback.__module__ = "polyproc.pool"
 
 
-def describe_exit(exitcode: int | None) -> str:
-    """'died from SIGKILL' / 'exited with code 3' / 'died'."""
+#: What a worker "did" when its exit status cannot be known: it was a child of a fork server
+#: that died before it (the server reports its children's exit codes; nobody else can).
+EXIT_UNKNOWN = "ended (exit status unknown: its fork server had died)"
+
+
+def describe_exit(exitcode: int | str | None) -> str:
+    """'died from SIGKILL' / 'exited with code 3' / 'died' (a str is already a description)."""
     if exitcode is None:
         return "died"
+    if isinstance(exitcode, str):
+        return exitcode
     if exitcode < 0:
         try:
             return f"died from {signal.Signals(-exitcode).name}"

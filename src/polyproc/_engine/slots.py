@@ -22,11 +22,18 @@ class Slots:
 
     def __init__(self, n: int, fd: int | None = None) -> None:
         self.n = n
+        made = fd is None
         if fd is None:
             fd = os.memfd_create("polyproc-slots", os.MFD_CLOEXEC)
-            os.ftruncate(fd, max(1, n) * WIDTH * 8)
+        try:
+            if made:
+                os.ftruncate(fd, max(1, n) * WIDTH * 8)
+            self._map = mmap.mmap(fd, max(1, n) * WIDTH * 8)
+        except BaseException:  # out of memory or fds: don't leak the memfd
+            if made:
+                os.close(fd)
+            raise
         self._fd = fd
-        self._map = mmap.mmap(fd, max(1, n) * WIDTH * 8)
         self._table = memoryview(self._map).cast("q")
 
     def view(self, i: int) -> memoryview:

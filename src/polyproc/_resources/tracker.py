@@ -5,6 +5,11 @@ end of the tracker's pipe (fork children inherit it, spawn and forkserver childr
 while starting) and tells it ``REGISTER``/``UNREGISTER`` for each named resource it creates or
 releases. When every process of the tree has exited, by any means including SIGKILL, the pipe
 reaches EOF and the tracker unlinks what is still registered, warning with the names.
+
+Should the tracker itself die (it should not: SIGKILL, the OOM killer), the next process of
+the tree that uses it notices (its pipe has no reader any more), starts a new one, and
+registers with it again every name that this process registered and still holds, with a
+warning; names that only other processes had registered are not known here and may leak.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class ResourceTracker:
         self._lock = _thread.allocate_lock()
         self._fd: int | None = None
         self._proc: int | None = None  # the tracker's pid, if this process started it
+        # What this process registered and has not unregistered, in order: told again to a
+        # tracker started after the first one died.
+        self._held: dict[tuple[str, str], None] = {}
 
     def getfd(self) -> int:
         """The tracker pipe's write end, starting the tracker if needed."""
@@ -55,11 +63,32 @@ class ResourceTracker:
         self._fd = fd
 
     def ensure_running(self) -> None:
-        """Start the tracker process unless this tree already has one."""
+        """Start the tracker process unless this tree already has one (a live one)."""
         with self._lock:
             if self._fd is not None:
-                return
+                if _has_reader(self._fd):
+                    return
+                os.close(self._fd)  # the tracker died
+                self._fd = None
+                self._lost = True
             self._start_unlocked()
+            if self._lost:
+                self._lost = False
+                self._register_again_unlocked()
+
+    _lost = False  # a tracker of ours died: tell the next one what we hold
+
+    def _register_again_unlocked(self) -> None:
+        held = list(self._held)
+        for rtype, name in held:
+            os.write(self._fd, f"REGISTER:{rtype}:{name}\n".encode("ascii"))  # type: ignore[arg-type]
+        import warnings
+
+        warnings.warn(
+            "polyproc resource tracker: the tracker process died unexpectedly; a new one was "
+            f"started, and the {len(held)} named resource(s) this process holds were "
+            "registered with it. Named resources that only other processes had registered "
+            "may leak (unlink them yourself).", RuntimeWarning, stacklevel=3)
 
     def _start_unlocked(self) -> None:
         import signal
@@ -111,19 +140,31 @@ class ResourceTracker:
         try:
             os.write(self._fd, msg)  # type: ignore[arg-type]
         except BrokenPipeError:
-            # The tracker died (it should not): start a new one and tell it again.
-            with self._lock:
-                self._fd = None
-                self._start_unlocked()
-            os.write(self._fd, msg)  # type: ignore[arg-type]
+            # The tracker died since ensure_running looked: start a new one (which is told
+            # again everything held, this name included if it is a REGISTER).
+            self.ensure_running()
+            if cmd != "REGISTER":
+                os.write(self._fd, msg)  # type: ignore[arg-type]
 
     def register(self, name: str, rtype: str) -> None:
         """Ask the tracker to unlink ``name`` if the tree exits without unregistering it."""
+        self._held[(rtype, name)] = None
         self._send("REGISTER", name, rtype)
 
     def unregister(self, name: str, rtype: str) -> None:
         """Tell the tracker that ``name`` was released."""
+        self._held.pop((rtype, name), None)
         self._send("UNREGISTER", name, rtype)
+
+
+def _has_reader(fd: int) -> bool:
+    """Whether the tracker (the only reader of its pipe) still holds the read end: the write
+    end of a pipe nobody reads polls as an error."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return not any(ev & select.POLLERR for _fd, ev in poller.poll(0))
 
 
 def _to_background(pid: int) -> None:
@@ -138,8 +179,16 @@ def _to_background(pid: int) -> None:
 
 
 _tracker = ResourceTracker()
-# A child forked while another thread held the lock must not inherit it locked.
-os.register_at_fork(after_in_child=lambda: setattr(_tracker, "_lock", _thread.allocate_lock()))
+
+
+def _after_fork_in_child() -> None:
+    # A child forked while another thread held the lock must not inherit it locked; what the
+    # parent registered is the parent's to register again, not the child's.
+    _tracker._lock = _thread.allocate_lock()
+    _tracker._held = {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 ensure_running = _tracker.ensure_running
 getfd = _tracker.getfd
 register = _tracker.register
@@ -177,20 +226,22 @@ def main(fd: int) -> None:
                     print(f"polyproc resource tracker: ignoring {line!r}: {e}", file=sys.stderr)
     finally:
         for rtype, names in registered.items():
-            if not names:
-                continue
-            import warnings
-
-            warnings.warn(
-                f"polyproc resource tracker: {len(names)} leaked {rtype} object(s) to clean "
-                f"up at shutdown: {sorted(names)}",
-                stacklevel=1,
-            )
-            for name in names:
+            leaked = []
+            for name in sorted(names):
                 try:
                     _CLEANUP[rtype](name)
                 except FileNotFoundError:
-                    pass
+                    pass  # unlinked already (e.g. by a process that never registered it)
                 except Exception as e:
                     print(f"polyproc resource tracker: cannot clean up {name!r}: {e}",
                           file=sys.stderr)
+                else:
+                    leaked.append(name)
+            if leaked:
+                import warnings
+
+                warnings.warn(
+                    f"polyproc resource tracker: {len(leaked)} leaked {rtype} object(s) to "
+                    f"clean up at shutdown: {leaked}",
+                    stacklevel=1,
+                )

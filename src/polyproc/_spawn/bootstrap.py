@@ -134,7 +134,13 @@ def run_child(data_fd: int, parent_sentinel: int | None) -> int:
     current._inheriting = True  # type: ignore[attr-defined]
     try:
         try:
-            prep = pickle.loads(_popen.read_frame(data_fd))
+            try:
+                first = _popen.read_frame(data_fd)
+            except EOFError:
+                # The parent closed the pipe before sending anything: its start of this
+                # child failed (and raised there), e.g. its fork server died meanwhile.
+                return 1
+            prep = pickle.loads(first)
             prepare(prep)
             process_obj = pickle.loads(_popen.read_frame(data_fd))
         finally:

@@ -23,9 +23,15 @@ class Popen(PopenBase):
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
-        parent_r, child_w = os.pipe()  # our sentinel: EOF when the child has exited
-        child_r, parent_w = os.pipe()  # the child's parent sentinel: EOF when we exit
-        self.pid = os.fork()
+        fds: list[int] = []
+        try:  # out of fds or processes (EMFILE, EAGAIN): close what was made, then raise
+            fds += os.pipe()  # our sentinel: EOF when the child has exited
+            fds += os.pipe()  # the child's parent sentinel: EOF when we exit
+            self.pid = os.fork()
+        except BaseException:
+            util.close_fds(*fds)
+            raise
+        parent_r, child_w, child_r, parent_w = fds
         if self.pid == 0:
             code = 1
             try:

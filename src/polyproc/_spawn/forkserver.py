@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,13 +93,18 @@ class ForkServer:
             self._stop_unlocked()
         else:  # inherited from a parent by fork: not ours to use
             self._sock = self._proc = self._alive_w = None
-        parent_sock, server_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        alive_r, alive_w = os.pipe()
         preload: dict[str, Any] = {"modules": [m for m in self._preload_modules if m != "__main__"]}
         if "__main__" in self._preload_modules:
             data = get_preparation_data("ForkServer", "forkserver")
             preload["main"] = {k: data[k] for k in data if k.startswith("init_main") or k in (
                 "sys_path", "sys_argv", "dir", "orig_dir")}
+        parent_sock, server_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            alive_r, alive_w = os.pipe()
+        except BaseException:  # out of fds: close what was made
+            parent_sock.close()
+            server_sock.close()
+            raise
         try:
             cmd = child_command(
                 "from polyproc._spawn.forkserver import main; "
@@ -122,7 +128,11 @@ class ForkServer:
         util.Finalize(self, ForkServer._stop, args=(self,), exitpriority=-50)
 
     def request(self, fds: list[int]) -> int:
-        """Ask the server to fork a child that receives ``fds``; return the child's pid."""
+        """Ask the server to fork a child that receives ``fds``; return the child's pid.
+
+        A server found dead (killed, crashed) raises ``ForkServerError``; the next request
+        starts a new one (its children live on; see ``Popen``).
+        """
         if len(fds) + 1 > MAXFDS_TO_SEND:
             raise ValueError("too many fds")
         with self._lock:
@@ -136,14 +146,24 @@ class ForkServer:
                 )
                 reply = _recv_exact(sock, _PID.size)
             except (OSError, EOFError) as e:
+                # The exchange broke off: whatever happened, the next one is with a new
+                # server. (The server may have forked the child before it died: the caller
+                # must not pass these fds again.)
                 self._stop_unlocked()
-                raise RuntimeError(
-                    "the fork server died; polyproc will start a new one on the next request"
-                ) from e
+                if not isinstance(e, (ConnectionError, EOFError)):
+                    raise  # e.g. ENOBUFS: the caller may try again
+                raise ForkServerError(
+                    "the fork server died; polyproc starts a new one on the next request (if "
+                    "servers keep dying, look for what kills them: the OOM killer, a "
+                    "watchdog, ulimit -u)") from e
         pid = _PID.unpack(reply)[0]
         if pid < 0:
             raise OSError(-pid, "fork server could not fork: " + os.strerror(-pid))
         return pid
+
+
+class ForkServerError(RuntimeError):
+    """The fork server died while polyproc asked it for a process."""
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -176,15 +196,28 @@ class _IndexedFd:
         return bootstrap._inherited_fds[self.index]
 
 
+def _has_reader(pipe_w: int) -> bool:
+    """Whether some process still holds the read end of the pipe whose write end we hold."""
+    import select
+
+    poller = select.poll()
+    poller.register(pipe_w, select.POLLOUT)
+    return not any(ev & select.POLLERR for _fd, ev in poller.poll(0))
+
+
 def _std_fds() -> list[int]:
     """This process's stdout and stderr fds, or /dev/null where one is closed."""
-    fds = []
-    for fd in (1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            fd = os.open(os.devnull, os.O_WRONLY)  # the server closes its copy after fork
-        fds.append(fd)
+    fds: list[int] = []
+    try:
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                fd = os.open(os.devnull, os.O_WRONLY)  # the server closes its copy after fork
+            fds.append(fd)
+    except BaseException:
+        util.close_fds(*(fd for fd in fds if fd > 2))
+        raise
     return fds
 
 
@@ -213,24 +246,45 @@ class Popen(PopenBase):
             obj_data = reduction.dumps(process_obj)
         finally:
             context.set_spawning_popen(None)
-        data_r, data_w = os.pipe()
-        status_r, status_w = os.pipe()
-        std_fds = _std_fds()
-        try:
-            self.pid = _forkserver.request([data_r, status_w, *std_fds, *self._fds])
-        except BaseException:
-            util.close_fds(data_w, status_r)
-            raise
-        finally:
-            util.close_fds(data_r, status_w, *(fd for fd in std_fds if fd > 2))
+        for attempt in range(2):
+            fds: list[int] = []
+            std_fds: list[int] = []
+            try:
+                fds += os.pipe()  # data_r, data_w
+                fds += os.pipe()  # status_r, status_w
+                data_r, data_w, status_r, status_w = fds
+                std_fds = _std_fds()
+                self.pid = _forkserver.request([data_r, status_w, *std_fds, *self._fds])
+                break
+            except ForkServerError:
+                util.close_fds(*fds)
+                if attempt:
+                    raise
+                # The server died (it may have forked a child with these fds first, which
+                # now reads EOF and exits): ask a new server, with new pipes.
+            except BaseException:  # out of fds, or no server: close everything made
+                util.close_fds(*fds)
+                raise
+            finally:
+                util.close_fds(*(fd for fd in std_fds if fd > 2))
+        util.close_fds(data_r, status_w)
         self.sentinel = status_r
+        self._data_w = data_w
         self.finalizer = util.Finalize(self, util.close_fds, (status_r, data_w))
         write_frames(data_w, prep_data, obj_data)
 
+    #: The fork server died before the child: ``sentinel`` now watches the child itself.
+    orphaned = False
+    #: The child ended after its fork server: nobody can tell its exit code (255 stands in).
+    exit_unknown = False
+
     def poll(self, flag: int = os.WNOHANG) -> int | None:
-        if self.returncode is None:
-            if flag == os.WNOHANG and not wait_fd(self.sentinel, 0):
-                return None
+        if flag != os.WNOHANG:
+            return self.wait()
+        if self.returncode is None and wait_fd(self.sentinel, 0):
+            if self.orphaned:  # the child itself ended
+                self.returncode, self.exit_unknown = 255, True
+                return self.returncode
             data = b""
             while len(data) < _STATUS.size:
                 chunk = os.read(self.sentinel, _STATUS.size - len(data))
@@ -239,9 +293,52 @@ class Popen(PopenBase):
                 data += chunk
             if len(data) == _STATUS.size:
                 self.returncode = _STATUS.unpack(data)[0]
-            else:
-                self.returncode = 255  # the fork server died before it could report
+            elif not self._adopt_orphan():
+                # The fork server died before it could report, and so did the child.
+                self.returncode, self.exit_unknown = 255, True
         return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not wait_fd(self.sentinel, left):
+                return None
+            self.poll()  # the status, or (the server died) a sentinel on the child: wait on
+        return self.returncode
+
+    def _adopt_orphan(self) -> bool:
+        """The status pipe closed without a status: the fork server died. Its child may live
+        on (reparented to init): if so, make ``sentinel`` (same fd number, so whoever waits on
+        it keeps working) a pidfd of the child, or else the data pipe's write end, which polls
+        as ready once the child, which holds the read end to its end, is gone."""
+        try:
+            watch = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):  # no pidfd here (Linux < 5.3, other systems)
+            watch = None
+        # Checked after pidfd_open: a reader alive now was alive then, so the pidfd is the
+        # child's own, not that of a process that took its pid since.
+        if not _has_reader(self._data_w):
+            util.close_fds(watch) if watch is not None else None
+            return False
+        try:
+            os.dup2(self._data_w if watch is None else watch, self.sentinel, inheritable=False)
+        finally:
+            util.close_fds(watch) if watch is not None else None
+        self.orphaned = True
+        self._pidfd = watch is not None
+        return True
+
+    def _send_signal(self, sig: int) -> None:
+        if self.orphaned and self._pidfd and self.returncode is None:
+            try:  # by pidfd: the pid may be reused once the (unreaped by us) child ends
+                signal.pidfd_send_signal(self.sentinel, sig)
+            except ProcessLookupError:
+                pass
+            return
+        super()._send_signal(sig)
 
 
 # ---------------------------------------------------------------- the server
@@ -303,7 +400,10 @@ def main(sock_fd: int, alive_fd: int) -> None:
                 if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
                     fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
             fds_list = list(fds)
-            pid = _fork_child(fds_list, [sock.fileno(), alive_fd, sig_r, sig_w])
+            # The child must not hold its siblings' status pipes: once this server is gone,
+            # a sibling's pipe must close when the sibling ends (its parent's only sign).
+            pid = _fork_child(fds_list, [sock.fileno(), alive_fd, sig_r, sig_w,
+                                         *status_fds.values()])
             util.close_fds(fds_list[0], *fds_list[2:])
             if pid > 0:
                 status_fds[pid] = fds_list[1]

@@ -46,7 +46,11 @@ class Popen(PopenBase):
         finally:
             context.set_spawning_popen(None)
         parent_r, child_w = os.pipe()
-        child_r, parent_w = os.pipe()
+        try:
+            child_r, parent_w = os.pipe()
+        except BaseException:  # out of fds: close what was made
+            util.close_fds(parent_r, child_w)
+            raise
         try:
             cmd = child_command(
                 "from polyproc._spawn.bootstrap import spawn_main; "
