@@ -349,7 +349,9 @@ class LocalBackend:
         else:
             w.inflight = collections.deque(b for b in w.inflight if b.id != batch_id)
         w.completed += 1
-        self._startup_failures = 0
+        if self._startup_failures or not _ERRORS_LOADED:
+            self._startup_failures = 0
+            _load_errors()
         self.scheduler.complete(batch_id, values, errors, elapsed, w.pid)
 
     def _on_death(self, w: WorkerHandle) -> None:
@@ -524,6 +526,19 @@ class LocalBackend:
         util.close_fds(*(fd for fd in fds if fd >= 0))
         if self.slots is not None:
             self.slots.close()  # its memfd: one fd per pool otherwise, never closed
+
+
+_ERRORS_LOADED = False
+
+
+def _load_errors() -> None:
+    # The errors a worker's death needs (they import concurrent.futures) are loaded once the
+    # pool has done its first work: not on a first Pool()'s path, and not when it may be too
+    # late (a death while the process has no fd left cannot open a module's file).
+    global _ERRORS_LOADED
+    from .._engine import broken  # noqa: F401
+
+    _ERRORS_LOADED = True
 
 
 def _terminated_error() -> BaseException:
