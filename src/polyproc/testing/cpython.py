@@ -46,6 +46,7 @@ METHODS = ("fork", "spawn", "forkserver")
 SUITES = ("multiprocessing", "futures")
 OUTCOMES = ("passed", "failed", "error", "skipped", "internal")
 MAX_RESTARTS = 30
+_STACK_CAP = 6000  # characters of stacks kept per hung or crashed test
 _print_lock = threading.Lock()
 
 
@@ -83,11 +84,31 @@ def _worker_cmd(env: _cpython_env.Env, mode: str, *args: str) -> list[str]:
     return [env.python, "-m", "polyproc.testing._cpython_worker", mode, *args]
 
 
+def _group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in process group ``pgid`` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        out.append((int(entry), cmd))
+    return out
+
+
 def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """End the worker, then its process group (every child it left; all started by us).
 
-    The rest of the group gets ``grace`` seconds to go by itself first: polyproc's resource
-    tracker, for one, cleans up after its parent and must not be killed before it has.
+    The group gets ``grace`` seconds to go by itself first; then everything but polyproc's
+    resource tracker is killed, and the tracker gets ``grace`` more seconds to unlink what
+    the killed processes left in /dev/shm before it is killed too.
     """
     if proc.poll() is None:
         try:
@@ -98,19 +119,23 @@ def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         pass
-    deadline = time.monotonic() + grace
-    while True:
-        try:
-            os.killpg(proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for spare_tracker in (True, False):
+        deadline = time.monotonic() + grace
+        while True:
+            members = (_group_members(proc.pid) if os.path.isdir("/proc")
+                       else [(-proc.pid, "")])
+            if not members:
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for pid, cmd in members:
+            if spare_tracker and "polyproc._resources.tracker" in cmd:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL) if pid > 0 else os.killpg(-pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _one_shot(env: _cpython_env.Env, mode: str, label: str, args: list[str],
@@ -213,12 +238,13 @@ class ClassRun:
         done_at: float | None = None
         killed: str | None = None
         stack_from = 0
-        offset = 0
+        partial = ""
         with open(events) as ev:
             while True:
                 exited = proc.poll() is not None
-                for line in ev.readlines() if True else []:
-                    offset += len(line)
+                lines = (partial + ev.read()).split("\n")
+                partial = lines.pop()  # "" or a line still being written
+                for line in filter(None, lines):
                     event = json.loads(line)
                     kind = event["e"]
                     if kind == "start":
@@ -262,18 +288,22 @@ class ClassRun:
         log_tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         if killed == "exit hang":
             self.notes.append("the test process did not exit within 30 s after its last "
-                              f"test; stacks:\n{stack_text[-_cap():]}")
+                              f"test; stacks:\n{stack_text[-_STACK_CAP:]}")
             return "done"
         if done_at is not None and current is None:
+            return "done"
+        if current is None and code != 0 and not [i for i in pending if i not in self.results]:
+            self.notes.append(f"the test process exited with {code} after its last test "
+                              f"(a class/module fixture?); log tail:\n{log_tail}")
             return "done"
         if current is not None:
             if killed:
                 self._set(current, "failed", killed, f"stacks of the test process:\n"
-                          f"{stack_text[-_cap():]}\nlog tail:\n{log_tail}",
+                          f"{stack_text[-_STACK_CAP:]}\nlog tail:\n{log_tail}",
                           round(time.monotonic() - started, 3))
             else:
                 self._set(current, "error", f"the test process died (exit {code}) during "
-                          "the test", f"{stack_text[-_cap():]}\nlog tail:\n{log_tail}")
+                          "the test", f"{stack_text[-_STACK_CAP:]}\nlog tail:\n{log_tail}")
             return "again"
         # Died (or was killed) outside any test: a fixture or an import failed.
         reason = killed or f"the test process exited with {code} outside a test"
@@ -300,9 +330,8 @@ class ClassRun:
 
     def _reconcile(self) -> None:
         """Tests left without an outcome take the fixture's (setUpClass/Module failed)."""
-        before = [f for f in self.fixtures]
         unrun = [i for i in self.ids if i not in self.results]
-        for fixture in before:
+        for fixture in self.fixtures:
             if unrun and fixture["outcome"] in ("error", "skipped"):
                 why = f"{fixture['id']}: {fixture['reason']}"
                 for i in unrun:
@@ -329,10 +358,6 @@ class ClassRun:
                 "notes": self.notes, "gaps": self.gaps}
 
 
-def _cap() -> int:
-    return 6000
-
-
 def format_class(method: str, cls: dict[str, Any], verbose: bool) -> list[str]:
     c = cls["counts"]
     lines = [f"[{method}] {cls['class']}: {c['passed']} passed, {c['failed']} failed, "
@@ -344,6 +369,8 @@ def format_class(method: str, cls: dict[str, Any], verbose: bool) -> list[str]:
             lines.append(f"    {tag} {short_id(t['id'])}: {t['reason']}")
             if verbose and t.get("traceback"):
                 lines.extend("        " + ln for ln in t["traceback"].splitlines()[-30:])
+    for note in cls["notes"]:
+        lines.append("    NOTE  " + note.splitlines()[0])
     return lines
 
 
