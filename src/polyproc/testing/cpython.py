@@ -435,7 +435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="only tests matching (unittest -k: substring or fnmatch pattern on "
                         "the test id); repeatable")
     p.add_argument("--jobs", type=int, default=2, help="classes at a time (1 or 2)")
-    p.add_argument("--timeout", type=float, default=60.0, help="per test, seconds")
+    p.add_argument("--timeout", type=float, default=90.0,
+                   help="per test, seconds (above the suites' own 60 s waits, so that "
+                        "their own failure shows first)")
     p.add_argument("--class-timeout", type=float, default=900.0, help="per class, seconds")
     p.add_argument("--json", help="also write every result (with tracebacks) here")
     p.add_argument("--keep", help="build the environment in this directory and keep it "
