@@ -121,8 +121,10 @@ class BaseContext:
         return JoinableQueue(maxsize, ctx=self.get_context())
 
     def SimpleQueue(self) -> Any:
+        from . import _stdlib_compat
         from .queues import SimpleQueue
 
+        _stdlib_compat.refuse_stdlib_pool(sys._getframe(1))
         return SimpleQueue(ctx=self.get_context())
 
     # -- shared memory (polyproc.sharedctypes)
@@ -409,6 +411,9 @@ def get_spawning_popen() -> Any:
 
 def set_spawning_popen(popen: Any) -> None:
     _tls.spawning_popen = popen
+    from . import _stdlib_compat
+
+    _stdlib_compat.set_spawning_popen(popen)
 
 
 def assert_spawning(obj: Any) -> None:

@@ -119,6 +119,28 @@ class Pool:
         self._scheduler.submit(job)
         return result
 
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in a worker, as ``Executor.submit``: a ``Future``.
+
+        Not in the stdlib's Pool: it lets code written for executors take a Pool (Dask's
+        ``pool=``, which adapts only the stdlib's own Pools, or ``loop.run_in_executor``).
+        """
+        self._check_running()
+        from ._engine.results import FutureSink
+        from .futures import _Future
+
+        future = _Future()
+        retries, timeout = self._options(None, None)
+        self._scheduler.submit(Job("submit", fn, args, FutureSink(future), length=1, star=True,
+                                   kwargs=kwargs or None, single=True, retries=retries,
+                                   timeout=timeout))
+        return future
+
+    @property
+    def _max_workers(self) -> int:
+        # What executor users (Dask among them) read for the number of workers.
+        return self._processes
+
     def _map_job(self, name: str, func: Callable[..., Any], iterable: Iterable[Any],
                  chunksize: int | None, star: bool, callback: Any, error_callback: Any,
                  retries: int | None, timeout: float | None, progress: Any) -> MapResult:

@@ -315,6 +315,9 @@ class BaseProcess:
             util._flush_std_streams()
         try:
             util._exit_function()
+            from . import _stdlib_compat
+
+            _stdlib_compat.exit_in_child()
         finally:
             util._flush_std_streams()
         return exitcode

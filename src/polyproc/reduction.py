@@ -17,7 +17,7 @@ import pickle
 import socket
 import sys
 
-from . import context
+from . import _stdlib_compat, context
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -37,15 +37,19 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 _extra_reducers: dict[type, Any] = {}
 _merged_table: dict[type, Any] = {}
-_merged_from: tuple[int, int] = (-1, -1)
+_merged_from: tuple[int, ...] = (-1, -1)
 
 
 def _dispatch_table() -> dict[type, Any]:
-    """copyreg's table plus polyproc's reducers, rebuilt only when either changed."""
+    """copyreg's table plus polyproc's reducers (and the stdlib's, when the program loaded
+    the stdlib's multiprocessing: its connections then travel as it would send them),
+    rebuilt only when one of them changed."""
     global _merged_table, _merged_from
-    key = (len(copyreg.dispatch_table), len(_extra_reducers))
+    stdlib = _stdlib_compat.extra_reducers()
+    key = (len(copyreg.dispatch_table), len(_extra_reducers), id(stdlib), len(stdlib))
     if key != _merged_from:
         table = dict(copyreg.dispatch_table)
+        table.update(stdlib)
         table.update(_extra_reducers)
         _merged_table, _merged_from = table, key
     return _merged_table

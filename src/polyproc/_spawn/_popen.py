@@ -29,6 +29,9 @@ def after_fork_in_child() -> None:
         util.close_fds(_own_sentinel_fd)
         set_own_sentinel_fd(None)
     util._reset_exit_state_in_child()
+    from .. import _stdlib_compat
+
+    _stdlib_compat.after_fork_in_child()
 
 
 def wait_fd(fd: int, timeout: float | None) -> bool:
