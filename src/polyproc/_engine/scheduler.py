@@ -628,10 +628,11 @@ class Scheduler:
             self.pending.clear()
 
     def cancel_pending(self, error: BaseException | None = None) -> None:
-        """Give every task not yet sent its final outcome (cancelled, or ``error``)."""
+        """Give every task not yet sent its final outcome (cancelled, or ``error``): a map
+        whose rest is cancelled raises ``CancelledError`` there, never ends short."""
         with self.lock:
             for job in list(self.pending):
-                self._fail_rest(job, error)
+                self._fail_rest(job, error if error is not None else _cancelled())
             self.pending.clear()
 
     def _fail_rest(self, job: Job, error: BaseException | None = None) -> None:
