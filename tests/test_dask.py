@@ -240,6 +240,20 @@ def test_import_polyproc_does_not_import_dask(tmp_path):
     assert res.stdout.strip() == "[]"
 
 
+def test_dask_worker_side_imports_no_client_machinery(tmp_path):
+    # What a Dask worker loads to run batches: not the driver, scheduler or scatter cache.
+    res = run_script(tmp_path, """
+        import sys
+        import polyproc._backends.dask.worker
+        print(sorted(m for m in sys.modules if m in ('distributed', 'concurrent.futures')
+                     or m.startswith(('polyproc._backends.dask.', 'polyproc._engine.s'))))
+        """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(["polyproc._backends.dask.pickling",
+                                      "polyproc._backends.dask.worker",
+                                      "polyproc._engine.slots"])
+
+
 def test_missing_distributed_gives_clear_import_error(tmp_path):
     res = run_script(tmp_path, """
         import sys
@@ -319,6 +333,9 @@ def test_core_api_on_cli_cluster(cli_pool):
     r = pool.map_async(sq, range(4), callback=got.append, progress=True)
     assert r.get(T) == [0, 1, 4, 9] and got == [[0, 1, 4, 9]]
     assert len(pool._backend.worker_pids()) == 2
+    from polyproc._backends.base import Backend
+
+    assert isinstance(pool._backend, Backend)  # what pool.py and futures.py rely on
 
 
 @needs_dask

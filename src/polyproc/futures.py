@@ -104,16 +104,11 @@ class ProcessPoolExecutor(Executor):
     def _ensure_backend(self) -> Any:
         backend = self._backend
         if backend is None:
-            factory = getattr(self._mp_context, "_backend_factory", None)
-            if factory is not None:
-                backend = factory(self._max_workers, self._initializer, self._initargs,
-                                  self._max_tasks_per_child)
-            else:
-                from ._backends.local import LocalBackend
+            from ._backends.base import make_backend
 
-                backend = LocalBackend(self._mp_context, self._max_workers, self._initializer,
-                                       self._initargs, self._max_tasks_per_child,
-                                       name="ProcessPoolWorker")
+            backend = make_backend(self._mp_context, self._max_workers, self._initializer,
+                                   self._initargs, self._max_tasks_per_child,
+                                   name="ProcessPoolWorker")
             self._backend = backend
             self._finalizer = util.Finalize(self, _stop_backend, args=(backend,), exitpriority=15)
         return backend

@@ -81,11 +81,9 @@ class Pool:
 
     def _make_backend(self, ctx: Any, processes: int, initializer: Any, initargs: tuple,
                       maxtasksperchild: int | None) -> Any:
-        if getattr(ctx, "_backend_factory", None) is not None:
-            return ctx._backend_factory(processes, initializer, initargs, maxtasksperchild)
-        from ._backends.local import LocalBackend
+        from ._backends.base import make_backend
 
-        return LocalBackend(ctx, processes, initializer, initargs, maxtasksperchild)
+        return make_backend(ctx, processes, initializer, initargs, maxtasksperchild)
 
     # ---------------------------------------------------------------- submitting
 

@@ -1,20 +1,31 @@
 """The scheduler: which tasks go to which worker, and what becomes of each task.
 
-Backends ask ``next_batch(worker)`` when a worker can take work, and report back with
-``complete``, ``worker_lost`` or ``timed_out``. Every task of every job reaches exactly one
+Backends ask ``next_batch()`` when a worker can take work, and report back with
+``complete``, ``worker_lost`` (naming its ``Culprit`` when known), ``fail_batch``,
+``unsendable`` or ``outcomes_unloadable``. Every task of every job reaches exactly one
 outcome through its job's result sink: a value, the task's exception, ``WorkerLostError``
 (its worker died; retried first if the job allows), ``TaskTimeoutError``, or cancellation.
+The scheduler does no I/O: ``tests/test_scheduler.py`` drives it with a fake backend.
 
 Chunking is adaptive: a job starts with one task per batch, measures the cost per task that
-workers report, and grows batches (by at most ``GROWTH`` per step) toward ``TARGET_NS`` of
-work. For a job of known length, batches shrink again as its end nears (at most a
-``GUIDED * workers``-th of what is left, "guided" scheduling, down to ``TAIL_NS`` of work), so
-the last batches end together on every worker.
+workers report, and grows batches (by at most ``GROWTH`` per step) toward ``map_target_ns``
+of work. For a job of known length, batches shrink again as its end nears (at most a
+``GUIDED * workers``-th of what is left, "guided" scheduling, down to ``tail_ns`` of work), so
+the last batches end together on every worker. Queued single calls (apply/submit) are packed
+into one batch of up to ``single_target_ns`` of work once their function's cost is known.
 
-Why 16 ms: on a machine with as many workers as cores, the parent's handling of each batch
-(~100 us of CPU: a wakeup, a read, a write) takes a core from a worker; 16 ms batches keep
-that under 1%, and the guided tail keeps the end balanced (measured: 400 heavy-tailed tasks
-reach 97% of the ideal makespan with 16 ms and GUIDED 8, 96% with 4 ms and GUIDED 2).
+Each is a constructor parameter, so a backend states what a batch costs it (defaults: the
+local engine's; the Dask backend passes its own). ``map_target_ns`` 16 ms: the parent's
+handling of a batch (~100 us of CPU: a wakeup, a read, a write) takes a core from a worker
+when there are as many workers as cores; 16 ms batches keep that under 1%.
+``single_target_ns`` 16 ms: a pack pays the same per-batch cost, so it aims at the same
+work; it is separate because it also bounds how long a call's result waits for the rest of
+its pack (a future is done when its pack is), a latency a backend may trade differently.
+``tail_ns`` 0.5 ms: the guided tail balances the end (400 heavy-tailed tasks reach 97% of
+the ideal makespan with 16 ms and GUIDED 8, 96% with 4 ms and GUIDED 2); as large as
+``map_target_ns`` it turns the tail off, for a backend whose round trip per batch costs more
+than the imbalance the tail removes. ``dumps`` pickles job functions (default
+``reduction.dumps``: cloudpickle for lambdas and closures).
 """
 
 from __future__ import annotations
@@ -25,13 +36,14 @@ import pickle
 import threading
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import reduction
 from .errors import TaskTimeoutError, describe_exit
 from .results import ResultSink
 
-TARGET_NS = 16_000_000  # aim for ~16 ms of work per batch
+MAP_TARGET_NS = 16_000_000  # aim for ~16 ms of work per batch of a map (see above)
+SINGLE_TARGET_NS = 16_000_000  # and per pack of queued single calls
 TAIL_NS = 500_000  # the smallest batch near the end of a job (when its tasks are tiny)
 GUIDED = 8  # near the end, a batch holds at most 1 / (GUIDED * workers) of what is left
 GROWTH = 8
@@ -144,8 +156,7 @@ class Job:
 class Batch:
     """Tasks sent together to one worker."""
 
-    __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "worker", "isolated",
-                 "est_ns")
+    __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "isolated", "est_ns")
 
     def __init__(self, job: Job | None, jobs: list[Job] | None, indices: list[int],
                  items: list[Any], precise: bool, isolated: bool = False,
@@ -157,7 +168,6 @@ class Batch:
         self.indices = indices
         self.items = items
         self.precise = precise
-        self.worker: Any = None
         self.isolated = isolated
 
     def job_at(self, pos: int) -> Job:
@@ -167,11 +177,54 @@ class Batch:
         return len(self.indices)
 
 
-class Scheduler:
-    """Bookkeeping shared by every backend: pending jobs, batches in flight, outcomes."""
+class Culprit(NamedTuple):
+    """What a lost worker was running: task ``position`` of the batch ``batch_id``.
 
-    def __init__(self, n_workers: int, wakeup: Callable[[], None]) -> None:
+    ``position`` -1: that batch was running, but not which of its tasks (a batch of one task
+    is then its culprit; a larger one is re-run task by task to find it). ``timed_out``: the
+    backend stopped the worker because that task overran its timeout (it fails with
+    ``TaskTimeoutError``, never retried). No culprit at all (``None``): the worker's batches
+    had not started, or which one ran is unknown; they are all run again.
+    """
+
+    batch_id: int
+    position: int = -1
+    timed_out: bool = False
+
+    @classmethod
+    def from_slot(cls, row: Any, timed_out: tuple[int, int] | None = None) -> Culprit | None:
+        """From a worker's ``Slots`` row ``(batch id, position, ...)``; ``timed_out`` is the
+        ``(batch id, position)`` the backend stopped the worker for, if it did."""
+        batch_id, position = row[0], row[1]
+        if batch_id <= 0:  # batch ids start at 1: the worker had not started one
+            return None
+        overdue = (timed_out is not None and timed_out[0] == batch_id
+                   and (position < 0 or timed_out[1] == position))
+        return cls(batch_id, position, overdue)
+
+
+def _pickle_function(func: Any) -> bytes:
+    return bytes(reduction.dumps(func, pickle.HIGHEST_PROTOCOL))
+
+
+class Scheduler:
+    """Bookkeeping shared by every backend: pending jobs, batches in flight, outcomes.
+
+    ``n_workers``: how many batches run at once (backends may update it). ``wakeup()``: called
+    (any thread, under no lock of ours) when there may be new work for ``next_batch``.
+    ``map_target_ns``, ``single_target_ns``, ``tail_ns``: batch sizing, see the module doc.
+    ``dumps(func) -> bytes``: how job functions are pickled for workers.
+    """
+
+    def __init__(self, n_workers: int, wakeup: Callable[[], None], *,
+                 map_target_ns: int = MAP_TARGET_NS,
+                 single_target_ns: int = SINGLE_TARGET_NS, tail_ns: int = TAIL_NS,
+                 dumps: Callable[[Any], bytes] = _pickle_function) -> None:
         self.n_workers = n_workers
+        self.map_target_ns = map_target_ns
+        self.single_target_ns = single_target_ns
+        self.tail_ns = tail_ns
+        self._dumps = dumps
         self.lock = threading.RLock()
         self.pending: collections.deque[Job] = collections.deque()
         self.batches: dict[int, Batch] = {}
@@ -248,10 +301,10 @@ class Scheduler:
         self.released_fids.add(job.fid)
 
     def func_blob(self, job: Job) -> bytes:
-        """The function of ``job``, pickled once (cloudpickle for lambdas and closures)."""
+        """The function of ``job``, pickled once with the scheduler's ``dumps``."""
         blob = self._func_blobs.get(job.fid)
         if blob is None:
-            blob = bytes(reduction.dumps(job.func, pickle.HIGHEST_PROTOCOL))
+            blob = self._dumps(job.func)
             if len(self._func_blobs) > 4096:
                 self._func_blobs.clear()
             self._func_blobs[job.fid] = blob
@@ -259,8 +312,11 @@ class Scheduler:
 
     # ---------------------------------------------------------------- dispatching
 
-    def next_batch(self, worker: Any, limit: int | None = None) -> Batch | None:
-        """The next batch for ``worker`` (at most ``limit`` tasks), or None if none now."""
+    def next_batch(self, worker: Any = None, limit: int | None = None) -> Batch | None:
+        """The next batch (at most ``limit`` tasks), or None if there is none now.
+
+        ``worker`` (who asks) is not used: the backend keeps which batches each worker holds.
+        """
         with self.lock:
             pending = self.pending
             for _ in range(len(pending)):
@@ -287,7 +343,6 @@ class Scheduler:
                 if batch is None:
                     continue
                 batch.id = next(self._batch_ids)
-                batch.worker = worker
                 self.batches[batch.id] = batch
                 return batch
             return None
@@ -328,7 +383,8 @@ class Scheduler:
                 cost = self._func_cost.get(job.fid)
                 singles = sum(1 for j in itertools.islice(pending, 0, 512) if j.single)
                 want = 1 if cost is None else max(1, min(
-                    int(TARGET_NS / max(cost, 1.0)), -(-singles // self.n_workers), 256))
+                    int(self.single_target_ns / max(cost, 1.0)), -(-singles // self.n_workers),
+                    256))
                 if limit is not None:
                     want = min(want, limit)
             if job.requeue and job.requeue[0][2] and jobs:
@@ -365,12 +421,12 @@ class Scheduler:
         if job.cost_ns is None:
             return 1
         cost = max(job.cost_ns, 1.0)
-        size = int(TARGET_NS / cost)
+        size = int(self.map_target_ns / cost)
         size = max(1, min(size, job.last_size * GROWTH))
         total = job.size_hint
         if total is not None:
             guided = max(-(-(total - job.next_index) // (self.n_workers * GUIDED)),
-                         int(TAIL_NS / cost))
+                         int(self.tail_ns / cost))
             cap = min(-(-total // (self.n_workers * 4)), guided)
         else:
             cap = MAX_UNKNOWN_CHUNK
@@ -496,24 +552,34 @@ class Scheduler:
                     self._deliver(job, batch.indices[pos], True, values[pos])
             return batch
 
-    def worker_lost(self, batches: list[Batch], running: tuple[int, int], pid: int | None,
-                    exitcode: int | None, timed_out: tuple[int, int] | None = None) -> None:
-        """A worker died holding ``batches``; ``running`` is its (batch id, position) row."""
+    def worker_lost(self, batches: list[Batch], culprit: Culprit | tuple[int, int] | None = None,
+                    pid: int | None = None, exitcode: int | None = None,
+                    timed_out: tuple[int, int] | None = None) -> None:
+        """A worker (``pid``, ended with ``exitcode``) was lost holding ``batches``.
+
+        ``culprit``: what it was running (None: none of them, or unknown). Every task of
+        ``batches`` gets an outcome or runs again; only the culprit task is blamed. A plain
+        ``(batch id, position)`` slot row with ``timed_out`` is also accepted (as
+        ``Culprit.from_slot(row, timed_out)``).
+        """
+        if culprit is not None and type(culprit) is not Culprit:
+            culprit = Culprit.from_slot(culprit, timed_out)
+        running, position, overdue = culprit if culprit is not None else (0, -1, False)
         with self.lock:
             for batch in batches:
                 if self.batches.pop(batch.id, None) is None:
                     continue
-                running_here = running[0] == batch.id
-                culprit = None
-                if running_here and (running[1] >= 0 or len(batch) == 1):
-                    culprit = max(running[1], 0)
+                running_here = running == batch.id
+                blamed = None  # the culprit's position in this batch, if known
+                if running_here and (position >= 0 or len(batch) == 1):
+                    blamed = max(position, 0)
                 for pos in range(len(batch)):
                     job = batch.job_at(pos)
                     index = batch.indices[pos]
                     args = _task_args(batch, pos)
                     job.inflight -= 1
-                    if pos == culprit:
-                        if timed_out is not None and timed_out == (batch.id, pos):
+                    if pos == blamed:
+                        if overdue:
                             err: BaseException = TaskTimeoutError(
                                 f"task {index} of {job.name}() ran longer than its timeout of "
                                 f"{job.timeout} s; worker pid {pid} was stopped and replaced")
@@ -538,7 +604,7 @@ class Scheduler:
                     else:
                         # Not the culprit (or unknown: a fast batch): run it again; a batch
                         # whose culprit is unknown is re-run task by task to find it.
-                        self._requeue(job, index, args, isolate=running_here and culprit is None)
+                        self._requeue(job, index, args, isolate=running_here and blamed is None)
 
     def _requeue(self, job: Job, index: int, args: Any, isolate: bool) -> None:
         if job.requeue is _EMPTY:
@@ -562,10 +628,11 @@ class Scheduler:
             self.pending.clear()
 
     def cancel_pending(self, error: BaseException | None = None) -> None:
-        """Give every task not yet sent its final outcome (cancelled, or ``error``)."""
+        """Give every task not yet sent its final outcome (cancelled, or ``error``): a map
+        whose rest is cancelled raises ``CancelledError`` there, never ends short."""
         with self.lock:
             for job in list(self.pending):
-                self._fail_rest(job, error)
+                self._fail_rest(job, error if error is not None else _cancelled())
             self.pending.clear()
 
     def _fail_rest(self, job: Job, error: BaseException | None = None) -> None:
