@@ -3,7 +3,9 @@
 * Session level (automatic): when the last test has run, every child process of the pytest
   process must have exited (after a short grace deadline), and /dev/shm must hold no new
   polyproc entries. A leak makes the session fail with an error that lists what leaked;
-  the leaked processes are then killed and the entries unlinked.
+  the leaked processes are then killed and the entries unlinked. An entry that a process
+  outside the session maps or holds open is another program's (another test session run at
+  the same time): it is neither reported nor unlinked.
 * Per test (opt-in): request the ``no_leaks`` fixture to check the same after that one test.
 
 Long-lived helper servers that live as long as their parent by design (the stdlib's and
@@ -52,6 +54,32 @@ def shm_entries() -> set[str]:
         return {name for name in os.listdir(SHM_DIR) if is_polyproc_shm_name(name)}
     except OSError:
         return set()
+
+
+def held_elsewhere(names: Collection[str]) -> set[str]:
+    """The entries among ``names`` that a process outside this test session (not this
+    process, not one of its descendants) maps or holds open.
+
+    /dev/shm is machine-wide: other programs, and other test sessions run at the same time,
+    create polyproc entries while this session runs. Those are theirs, not leaks of ours,
+    and unlinking them would break the programs using them (a child of theirs that opens a
+    semaphore by name then gets FileNotFoundError).
+    """
+    from polyproc._cli import doctor
+
+    entries = {}
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(SHM_DIR, name))
+        except OSError:
+            continue
+        entries[name] = doctor.Entry(name, st.st_uid, st.st_size, 0.0, doctor._file_key(st))
+    if not entries:
+        return set()
+    doctor._find_holders(entries)
+    me = psutil.Process()
+    ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    return {name for name, e in entries.items() if e.holders - ours}
 
 
 def _describe(proc: psutil.Process) -> str:
@@ -106,6 +134,8 @@ class Snapshot:
         while True:
             children = live_children(self.children)
             shm = sorted(shm_entries() - self.shm)
+            if shm:
+                shm = sorted(set(shm) - held_elsewhere(shm))
             if (not children and not shm) or time.monotonic() >= deadline:
                 break
             time.sleep(delay)

@@ -129,3 +129,29 @@ def test_smoke_futures_suite(tmp_path: Path) -> None:
     assert cls["class"] == "ProcessPoolForkserverFailingInitializerTest"
     assert sum(run["totals"].values()) == len(cls["tests"]) >= 1
     assert "== TOTAL futures/forkserver" in res.stdout
+
+
+@pytest.mark.timeout(60)
+def test_test_process_gets_keyboard_interrupt_when_started_with_sigint_ignored() -> None:
+    # A runner started in the background (`cmd &` in a script) hands SIGINT ignored down to
+    # its test processes; the suites' tests that SIGINT themselves then failed
+    # (Condition.test_wait_result, SharedMemoryServer_ignores_sigint).
+    import signal
+
+    code = textwrap.dedent("""
+        import os, signal, time
+        from polyproc.testing import _cpython_worker
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert _cpython_worker.default_sigint() is True
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            print("interrupted")
+        assert _cpython_worker.default_sigint() is False
+    """)
+    res = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                         text=True, timeout=50,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "interrupted"

@@ -170,6 +170,32 @@ def test_pipe_poll_timeouts_and_bytes():
         a.send_bytes(b"abc", 1, 5)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mod", [dummy, std_dummy], ids=["polyproc", "stdlib"])
+def test_bytes_methods_take_any_object_like_the_stdlib(mod):
+    # The stdlib's thread connections send anything through send_bytes/recv_bytes (they are
+    # send/recv): an echo thread built on them must not die on a list or None.
+    conn, child = mod.Pipe()
+    sentinel = "STOP"
+
+    def echo():
+        for msg in iter(child.recv_bytes, sentinel):
+            child.send_bytes(msg)
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    for msg in ([1, 2.25, None], None, b"hello", {"a": 1}):
+        conn.send(msg)
+        assert conn.recv() == msg
+        conn.send_bytes(msg)
+        assert conn.recv_bytes() == msg
+    conn.send_bytes(sentinel)
+    t.join(T)
+    assert not t.is_alive()
+    conn.send([1, 2, 3])
+    assert child.recv_bytes(1) == [1, 2, 3]  # maxlength limits bytes-like messages only
+
+
 def test_listener_and_client():
     def serve(listener, result):
         with listener.accept() as conn:

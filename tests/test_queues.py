@@ -360,6 +360,45 @@ def test_simple_queue_api():
         q.get()
 
 
+def _closed_queue_behaviour(mp):
+    """What each call does on closed queues of the module ``mp`` (result or exception)."""
+
+    def outcome(f):
+        try:
+            return ("ok", f())
+        except Exception as e:  # noqa: BLE001 - the exception is the observation
+            return (type(e).__name__, str(e) if isinstance(e, OSError) else "")
+
+    seen = {}
+    for cls in ("Queue", "JoinableQueue"):
+        for used in (False, True):
+            q = getattr(mp, cls)(2)
+            if used:
+                q.put("foo")
+            q.close()
+            q.join_thread()
+            for name, f in [("empty", q.empty), ("full", q.full), ("qsize", q.qsize),
+                            ("get", lambda q=q: q.get(timeout=0.1)), ("put", lambda q=q: q.put(1))]:
+                seen[(cls, used, name)] = outcome(f)
+    sq = mp.SimpleQueue()
+    sq.close()
+    for name, f in [("empty", sq.empty), ("get", sq.get), ("put", lambda: sq.put(1))]:
+        seen[("SimpleQueue", True, name)] = outcome(f)
+    return seen
+
+
+def test_closed_queues_behave_like_the_stdlibs():
+    # Queue.empty() after put and close, and SimpleQueue.empty() after close, raise
+    # OSError('handle is closed') (the stdlib's pipe is closed then; 3.13's suite checks it).
+    import multiprocessing
+
+    ours = _closed_queue_behaviour(polyproc)
+    assert ours == _closed_queue_behaviour(multiprocessing)
+    assert ours[("Queue", True, "empty")] == ("OSError", "handle is closed")
+    assert ours[("Queue", False, "empty")] == ("ok", True)
+    assert ours[("SimpleQueue", True, "empty")] == ("OSError", "handle is closed")
+
+
 def test_simple_queue_large_in_threads():
     q = queues.SimpleQueue(_capacity=SMALL_RING)
     big = os.urandom(MIB // 2)

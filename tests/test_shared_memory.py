@@ -300,6 +300,43 @@ def test_shareable_list_trailing_nuls_lost_like_stdlib():
         sl.shm.unlink()
 
 
+def test_shareable_list_slots_are_the_stdlibs():
+    # The stdlib sizes a str slot from its len() in characters: a list made from another one
+    # after 'encodés' (7 characters, 8 bytes of UTF-8) went into an 8-byte slot must get the
+    # same format, not a 16-byte slot.
+    std = _std()
+    items = ["", "a" * 7, "a" * 8, "a" * 15, "a" * 16, "encodés", b"", b"x" * 8, 1, 2.5,
+             None, True]
+    lists = []
+    try:
+        for mod in (std, polyproc.shared_memory):
+            sl = mod.ShareableList(items)
+            lists.append(sl)
+            sl[0] = "encodés"
+            copy = mod.ShareableList(sl)
+            lists.append(copy)
+        std_sl, std_copy, our_sl, our_copy = lists
+        assert our_sl.format == std_sl.format
+        assert our_copy.format == std_copy.format == our_sl.format
+        assert list(our_copy) == list(std_copy)
+    finally:
+        for sl in lists:
+            sl.shm.close()
+            sl.shm.unlink()
+
+
+def test_shareable_list_non_ascii_str_not_cut_short():
+    # The stdlib's slot for 'ééééé' (5 characters) is 8 bytes, less than its 10 bytes of
+    # UTF-8: polyproc gives it a 16-byte slot and reads back what it stored.
+    sl = ShareableList(["ééééé", "日本語のテキスト"])
+    try:
+        assert list(sl) == ["ééééé", "日本語のテキスト"]
+        assert sl.format == "16s32s"
+    finally:
+        sl.shm.close()
+        sl.shm.unlink()
+
+
 def test_shareable_list_format_compatible_with_stdlib():
     std_shm = _std()
     ours = ShareableList(ITEMS)

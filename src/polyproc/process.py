@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 
 from . import util
 
@@ -44,6 +45,9 @@ def active_children() -> list[BaseProcess]:
 
 
 _children_objects: dict[int, BaseProcess] = {}
+#: Every Process started here that is still referenced (the stdlib's test-suite hook: its
+#: fixtures warn about processes left over by a test).
+_dangling: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
 
 
 def _cleanup() -> None:
@@ -128,6 +132,7 @@ class BaseProcess:
         # the objects they hold can be collected.
         del self._target, self._args, self._kwargs
         _children_objects[id(self)] = self
+        _dangling.add(self)
 
     def terminate(self) -> None:
         """Terminate the process with SIGTERM."""

@@ -167,6 +167,7 @@ class Queue:
         self._jointhread: util.Finalize | None = None
         self._joincancelled = False
         self._closed = False
+        self._used = False  # put() was called here (the stdlib's feeder thread started)
         self._close: util.Finalize | None = None
         ring = self._ring
         self._slots_release = ring.slots.release if self._bounded else None
@@ -185,6 +186,7 @@ class Queue:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         data = _pickle(obj)
+        self._used = True
         if self._bounded and not self._ring.slots.acquire(block, timeout):
             raise Full
         if self._buffer or not self._try_send(data, _WRITER_PATIENCE):
@@ -226,7 +228,13 @@ class Queue:
         return max(0, n_put - n_got) + len(self._buffer)
 
     def empty(self) -> bool:
-        """True if the queue looks empty (not reliable while other processes use it)."""
+        """True if the queue looks empty (not reliable while other processes use it).
+
+        Like the stdlib's, ``OSError('handle is closed')`` once this process has put
+        something and closed the queue (a queue closed unused still answers).
+        """
+        if self._closed and self._used:
+            raise OSError("handle is closed")
         return self._ring.empty() and not self._buffer
 
     def full(self) -> bool:
@@ -237,7 +245,9 @@ class Queue:
 
     def close(self) -> None:
         """This process will put and get no more: the feeder thread finishes writing what
-        was put and exits. ``put``/``get`` then raise ValueError."""
+        was put and exits. ``put``/``get`` then raise ValueError, and ``empty()`` raises
+        OSError if this process had put something (as the stdlib's, whose pipe is closed
+        then)."""
         self._closed = True
         close = self._close
         if close:
@@ -341,6 +351,7 @@ class JoinableQueue(Queue):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         data = _pickle(obj)
+        self._used = True
         ring = self._ring
         if self._bounded and not ring.slots.acquire(block, timeout):
             raise Full
@@ -402,7 +413,9 @@ class SimpleQueue:
         self._closed = True
 
     def empty(self) -> bool:
-        """True if the queue looks empty."""
+        """True if the queue looks empty (``OSError`` once closed, like the stdlib's)."""
+        if self._closed:
+            raise OSError("handle is closed")
         return self._ring.empty()
 
     def get(self) -> Any:

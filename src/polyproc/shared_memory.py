@@ -162,7 +162,8 @@ _ALIGN = 8
 # Segment layout (the stdlib's, so that either implementation reads the other's lists):
 #   q                   number of items n
 #   q * (n + 1)         offsets of each item's slot in the data area (cumulative; last = end)
-#   data                each item packed in its slot (8 bytes, or a multiple of 8 for str/bytes)
+#   data                each item packed in its slot (8 bytes, or a multiple of 8 for str/bytes:
+#                       the next one above len(item), or above its UTF-8 length if longer)
 #   8s * n              each item's struct format, NUL padded
 #   b * n               how to turn each unpacked value back: 0 as is, 1 str, 2 bytes, 3 None
 _FORMATS: dict[type, str] = {
@@ -200,8 +201,15 @@ def _encoded(value: Any) -> Any:
 
 def _format_of(value: Any) -> str:
     if isinstance(value, (str, bytes)):
+        # The stdlib's slot: the next multiple of 8 above the item's len() (characters for a
+        # str), so the lists and their ``format`` are the same. A str whose UTF-8 is longer
+        # than that (non-ASCII text) would be cut short there: it gets a slot above its
+        # encoded length instead.
+        slot = _ALIGN * (len(value) // _ALIGN + 1)
         n = len(_encoded(value))
-        return f"{_ALIGN * (n // _ALIGN + 1)}s"
+        if n > slot:
+            slot = _ALIGN * (n // _ALIGN + 1)
+        return f"{slot}s"
     try:
         return _FORMATS[type(value)]
     except KeyError:

@@ -89,8 +89,10 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
 
 
 def _logging_config() -> tuple[bool, int | None]:
-    """What a child needs to reproduce this process's logging setup."""
-    return _log_to_stderr, (_logger.level if _logger else None)
+    """What a child needs to reproduce this process's logging setup: whether polyproc logs
+    to stderr, and its logger's *effective* level (a logger left at NOTSET follows the root
+    logger's level here; the child gets that level, as the stdlib's spawn children do)."""
+    return _log_to_stderr, (_logger.getEffectiveLevel() if _logger else None)
 
 
 def _apply_logging_config(config: tuple[bool, int | None]) -> None:
@@ -99,6 +101,12 @@ def _apply_logging_config(config: tuple[bool, int | None]) -> None:
         log_to_stderr()
     if level is not None:
         get_logger().setLevel(level)
+
+
+# ---------------------------------------------------------------- platform
+
+#: Whether AF_UNIX addresses may be abstract (a name starting with a NUL byte, no file): Linux.
+abstract_sockets_supported: bool = sys.platform == "linux" or hasattr(sys, "getandroidapilevel")
 
 
 # ---------------------------------------------------------------- temp dir
@@ -277,6 +285,25 @@ atexit.register(_exit_function)
 def _reset_exit_state_in_child() -> None:
     global _exiting
     _exiting = False
+
+
+def _cleanup_tests() -> None:
+    """What the stdlib's test suites call once a test module is done (their
+    ``tearDownModule``): reap finished children, stop this process's fork server (the next
+    forkserver start makes a new one) and collect garbage.
+
+    Unlike the stdlib's, it does not run the finalizers that have an exit priority: those of
+    objects still alive (named semaphores, the fd sharer, the temporary directory) must run
+    only at exit, since the process goes on.
+    """
+    import gc
+
+    from . import process
+    from ._spawn import forkserver
+
+    process._cleanup()
+    forkserver._forkserver._stop()
+    gc.collect()
 
 
 # ---------------------------------------------------------------- fork-aware helpers

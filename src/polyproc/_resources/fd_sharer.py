@@ -35,6 +35,9 @@ class _Sharer:
         self.fds: dict[bytes, int] = {}
         self.address = os.path.join(util.get_temp_dir(), "fds-" + secrets.token_hex(4))
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking whatever socket.setdefaulttimeout() says: an accept() timing out would
+        # end the serving thread, and every later DupFd would find nobody to answer.
+        self.listener.setblocking(True)
         self.listener.bind(self.address)
         self.listener.listen(16)
         self.thread = threading.Thread(target=self._serve, name="polyproc-fd-sharer", daemon=True)
@@ -75,6 +78,7 @@ class _Sharer:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5.0)
                 s.connect(self.address)
                 s.sendall(b"\0" * _KEY_BYTES)
         except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
@@ -11,7 +12,7 @@ from .. import util
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 _own_sentinel_fd: int | None = None  # write end of this process's death pipe (held until exit)
 
@@ -23,15 +24,40 @@ def set_own_sentinel_fd(fd: int | None) -> None:
 
 
 def after_fork_in_child() -> None:
-    """Run first thing in a child made by ``os.fork``."""
+    """Run first thing in a child made by ``os.fork`` (fork, and the fork server's
+    children); such a child ends with ``exit_forked_child``."""
     # Our parent's death pipe must close when *our parent* exits, not when we do.
     if _own_sentinel_fd is not None:
         util.close_fds(_own_sentinel_fd)
         set_own_sentinel_fd(None)
     util._reset_exit_state_in_child()
+    # The parent's atexit handlers are the parent's: only those the child registers run at
+    # its exit (Python 3.13's behaviour, gh-83856).
+    global _forked_child_pid
+    atexit._clear()
+    atexit.register(util._exit_function)
+    _forked_child_pid = os.getpid()
     from .. import _stdlib_compat
 
     _stdlib_compat.after_fork_in_child()
+
+
+_forked_child_pid: int | None = None  # set in a forked child once the parent's handlers are gone
+
+
+def exit_forked_child(code: int) -> NoReturn:
+    """End a forked child: run the atexit handlers it registered (``os._exit`` alone skips
+    them; a spawned child runs them at interpreter exit), then ``os._exit(code)``.
+
+    A child that failed before ``after_fork_in_child`` still holds its parent's handlers:
+    those must not run here, so it only exits.
+    """
+    try:
+        if _forked_child_pid == os.getpid():
+            atexit._run_exitfuncs()
+            util._flush_std_streams()
+    finally:
+        os._exit(code)
 
 
 def wait_fd(fd: int, timeout: float | None) -> bool:

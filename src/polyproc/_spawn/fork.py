@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .. import util
-from ._popen import PopenBase, after_fork_in_child, set_own_sentinel_fd
+from ._popen import PopenBase, after_fork_in_child, exit_forked_child, set_own_sentinel_fd
 
 
 class Popen(PopenBase):
@@ -41,7 +41,7 @@ class Popen(PopenBase):
                 set_own_sentinel_fd(child_w)
                 code = process_obj._bootstrap(parent_sentinel=child_r)
             finally:
-                os._exit(code)
+                exit_forked_child(code)
         os.close(child_w)
         os.close(child_r)
         self.sentinel = parent_r

@@ -31,6 +31,7 @@ from ._popen import (
     after_fork_in_child,
     check_not_importing_main,
     child_command,
+    exit_forked_child,
     wait_fd,
     write_frames,
 )
@@ -99,6 +100,10 @@ class ForkServer:
             preload["main"] = {k: data[k] for k in data if k.startswith("init_main") or k in (
                 "sys_path", "sys_argv", "dir", "orig_dir")}
         parent_sock, server_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking, whatever socket.setdefaulttimeout() says: a request waits for its fork
+        # (a busy machine may take seconds), and a timeout would read as the server's death.
+        parent_sock.setblocking(True)
+        server_sock.setblocking(True)
         try:
             alive_r, alive_w = os.pipe()
         except BaseException:  # out of fds: close what was made
@@ -348,6 +353,7 @@ def main(sock_fd: int, alive_fd: int) -> None:
     """Run the fork server (in a fresh interpreter) until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the parent
     sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(True)  # not the default timeout a sitecustomize may have set
     os.set_inheritable(alive_fd, False)
     size = int.from_bytes(_recv_exact(sock, 8), "big")
     preload = pickle.loads(_recv_exact(sock, size))
@@ -449,7 +455,7 @@ def _fork_child(fds: list[int], server_fds: list[int]) -> int:
         traceback.print_exc()
     finally:
         util._flush_std_streams()
-        os._exit(code)
+        exit_forked_child(code)
 
 
 def _reap(status_fds: dict[int, int]) -> None:

@@ -38,8 +38,21 @@ class Connection:
         return self._in.get()
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
-        """Send a bytes copy of ``buf[offset:offset + size]``."""
-        view = memoryview(buf).cast("B")
+        """Send a bytes copy of ``buf[offset:offset + size]``.
+
+        Like the stdlib's thread connections (whose ``send_bytes`` is ``send``), an object
+        that is not bytes-like is passed on as it is, by reference.
+        """
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            if offset or size is not None:
+                raise TypeError(
+                    f"offset and size need a bytes-like object, not {type(buf).__name__!r}"
+                ) from None
+            self._out.put(buf)
+            return
+        view = view.cast("B")
         if offset < 0 or offset > len(view):
             raise ValueError("offset out of range")
         if size is None:
@@ -49,12 +62,17 @@ class Connection:
         self._out.put(bytes(view[offset:offset + size]))
 
     def recv_bytes(self, maxlength: int | None = None) -> Any:
-        """Wait for and return the next message (``OSError`` if longer than ``maxlength``)."""
+        """Wait for and return the next message (``OSError`` if it is bytes-like and longer
+        than ``maxlength``).
+
+        Whatever the other end sent is returned as it is (also what it sent with ``send``).
+        """
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
         msg = self._in.get()
-        if maxlength is not None and len(msg) > maxlength:
-            raise OSError("bad message length")
+        if maxlength is not None and isinstance(msg, (bytes, bytearray, memoryview)):
+            if memoryview(msg).nbytes > maxlength:
+                raise OSError("bad message length")
         return msg
 
     def poll(self, timeout: float | None = 0.0) -> bool:

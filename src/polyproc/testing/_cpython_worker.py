@@ -203,7 +203,24 @@ def _check_aliases(where: str, out: EventResult | None = None) -> None:
         sys.exit(EXIT_ALIAS_BROKEN)
 
 
+def default_sigint() -> bool:
+    """Give this process Python's KeyboardInterrupt handler if it inherited SIGINT ignored;
+    True if it had to.
+
+    A runner started in the background by a non-interactive shell (``cmd &``, nohup, some
+    CI) inherits SIGINT ignored, and so does every process it starts: Python then installs
+    no KeyboardInterrupt handler. The suites' tests that interrupt themselves (a
+    ``Condition.wait`` ended by SIGINT, a ``SharedMemoryManager``'s parent that must still
+    get Ctrl-C) expect a test process with Python's default handler, as in a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return True
+    return False
+
+
 def run(suite: str, method: str, ids: list[str], events: TextIO, stack: TextIO) -> None:
+    default_sigint()
     faulthandler.enable(file=stack, all_threads=True)
     faulthandler.register(signal.SIGUSR2, file=stack, all_threads=True, chain=False)
     result = EventResult(events)

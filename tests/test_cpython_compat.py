@@ -1,0 +1,436 @@
+"""Behaviours that CPython's own multiprocessing test suite checks (issue 11), each under the
+start methods where it matters: signals ending blocking waits, what a child inherits (logger
+level, socket default timeout, interpreter flags, file descriptors), atexit in children,
+start-method mixing, and the stdlib's test hooks (``util.abstract_sockets_supported``,
+``process._dangling``, ``util._cleanup_tests``).
+
+Also the test session's own /dev/shm leak check: it must leave other programs' entries alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import polyproc
+from conftest import Snapshot
+
+METHODS = ["fork", "spawn", "forkserver"]
+SRC = str(Path(polyproc.__file__).resolve().parents[1])
+T = 30.0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=METHODS)
+def ctx(request):
+    return polyproc.get_context(request.param)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+# ---------------------------------------------------------------- child targets
+
+
+def _main_thread_sleeping(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return True  # no /proc: the parent is told at once
+
+
+def _interrupt_when_blocked(pid: int, go) -> None:  # noqa: ANN001
+    """SIGINT the parent once it went to sleep after setting ``go`` (in the wait under test)."""
+    go.wait(T)
+    deadline = time.monotonic() + T
+    while not _main_thread_sleeping(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGINT)
+
+
+def _send_logger_level(conn) -> None:  # noqa: ANN001
+    conn.send(polyproc.get_logger().getEffectiveLevel())
+    conn.close()
+
+
+def _register_atexit_writer(path: str) -> None:
+    def write() -> None:
+        with open(path, "w") as f:
+            f.write(f"deadbeef {os.getpid()}")
+
+    atexit.register(write)
+
+
+def _report_fd_count(ready, go, q) -> None:  # noqa: ANN001
+    q.put(len(os.listdir("/proc/self/fd")))
+    ready.release()
+    go.wait(T)
+
+
+def _noop(*args) -> None:  # noqa: ANN002
+    pass
+
+
+# ---------------------------------------------------------------- SIGINT ends a blocking wait
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, as in a terminal (a backgrounded run inherits SIG_IGN)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+WAITS = {
+    "Condition.wait(60)": lambda ctx: _cond_wait(ctx.Condition()),
+    "Lock.acquire()": lambda ctx: _twice(ctx.Lock(), None),
+    "Lock.acquire(timeout=60)": lambda ctx: _twice(ctx.Lock(), 60),
+    "Semaphore(0).acquire()": lambda ctx: ctx.Semaphore(0).acquire(),
+    "Event.wait(60)": lambda ctx: ctx.Event().wait(60),
+}
+
+
+def _cond_wait(cond) -> None:  # noqa: ANN001
+    with cond:
+        cond.wait(60)
+
+
+def _twice(lock, timeout) -> None:  # noqa: ANN001
+    lock.acquire()
+    lock.acquire(True, timeout)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("what", list(WAITS))
+def test_sigint_interrupts_a_blocking_wait(ctx, what, default_sigint) -> None:  # noqa: ANN001
+    # KeyboardInterrupt in the waiting main thread at once, not when the wait times out
+    # (CPython's WithProcessesTestCondition.test_wait_result).
+    go = ctx.Event()
+    p = ctx.Process(target=_interrupt_when_blocked, args=(os.getpid(), go))
+    p.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            go.set()
+            WAITS[what](ctx)
+        assert time.monotonic() - t0 < 30
+    finally:
+        p.join(T)
+    assert p.exitcode == 0
+
+
+@pytest.mark.timeout(90)
+def test_parent_still_gets_sigint_after_shared_memory_manager_start(default_sigint) -> None:
+    # The manager's server ignores SIGINT; the parent that started it must not.
+    from polyproc.managers import SharedMemoryManager
+
+    with SharedMemoryManager() as smm:
+        lists = [smm.ShareableList(range(3))]
+        os.kill(smm._process.pid, signal.SIGINT)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(T)  # interrupted at once
+            lists.append(smm.ShareableList(range(2)))  # the server survived its SIGINT
+            assert list(lists[1]) == [0, 1]
+        finally:
+            for sl in lists:
+                sl.shm.close()
+
+
+# ---------------------------------------------------------------- what a child inherits
+
+
+@pytest.fixture
+def logger_levels():
+    logger, root = polyproc.get_logger(), logging.getLogger()
+    old = logger.level, root.level
+    yield logger, root
+    logger.setLevel(old[0])
+    root.setLevel(old[1])
+
+
+def test_child_gets_the_effective_logger_level(ctx, logger_levels) -> None:  # noqa: ANN001
+    # CPython's WithProcessesTestLogging.test_level: a polyproc logger left at NOTSET follows
+    # the root logger's level in the parent, and so in the child.
+    logger, root = logger_levels
+    for own, root_level, expected in [(32, logging.WARNING, 32), (logging.NOTSET, 37, 37)]:
+        logger.setLevel(own)
+        root.setLevel(root_level)
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_send_logger_level, args=(w,))
+        p.start()
+        w.close()
+        assert r.poll(T)
+        assert r.recv() == expected
+        p.join(T)
+        assert p.exitcode == 0
+
+
+SOCKET_TIMEOUT_SCRIPT = """
+import os, socket, sys, time
+import polyproc
+from polyproc._resources import fd_sharer
+from polyproc._spawn import forkserver
+
+def child(conn):
+    for _ in range(2):
+        c = conn.recv()
+        c.send("through a passed connection")
+        c.close()
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(0.001)
+    ctx = polyproc.get_context("forkserver")
+    ps = [ctx.Process(target=os.getpid) for _ in range(3)]  # the first one starts the server
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(30)
+    assert [p.exitcode for p in ps] == [0, 0, 0], [p.exitcode for p in ps]
+    assert forkserver._forkserver._sock.gettimeout() is None
+    # A Connection sent to a running child goes through the fd sharer: its listener must not
+    # time out between two sends.
+    spawn = polyproc.get_context("spawn")
+    a, b = spawn.Pipe()
+    p = spawn.Process(target=child, args=(b,))
+    p.start()
+    for i in range(2):
+        mine, theirs = spawn.Pipe()
+        a.send(theirs)
+        theirs.close()
+        assert mine.poll(30) and mine.recv() == "through a passed connection"
+        if i == 0:
+            time.sleep(0.05)  # longer than the default timeout: the listener must live on
+            assert fd_sharer._get_sharer().listener.gettimeout() is None
+    p.join(30)
+    assert p.exitcode == 0, p.exitcode
+    print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_polyproc_sockets_ignore_socket_default_timeout(tmp_path: Path) -> None:
+    # CPython's TestTimeouts.test_timeout under forkserver: with socket.setdefaulttimeout(0.1)
+    # the fork server's client socket timed out waiting for the server ("the fork server
+    # died").
+    script = tmp_path / "prog.py"
+    script.write_text(SOCKET_TIMEOUT_SCRIPT)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=100, env=_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+FLAGS_SCRIPT = """
+import sys
+sys.path.insert(0, {src!r})
+sys.path.append({deps!r})  # cloudpickle: this -c program's functions travel by value
+import polyproc
+
+def report(conn):
+    conn.send(tuple(sys.flags))
+
+for method in ("spawn", "forkserver"):
+    ctx = polyproc.get_context(method)
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=report, args=(w,))
+    p.start()
+    assert r.poll(30), method
+    child = r.recv()
+    p.join(30)
+    assert child == tuple(sys.flags), (method, child, tuple(sys.flags))
+    assert p.exitcode == 0, (method, p.exitcode)
+    print(method, "ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_children_of_an_e_s_o_interpreter(tmp_path: Path) -> None:
+    # CPython's TestFlags.test_flags: a `python -E -S -O` parent's spawn and forkserver
+    # children run with the same flags and find polyproc (on no default path here).
+    import cloudpickle
+
+    deps = str(Path(cloudpickle.__file__).resolve().parents[1])
+    code = FLAGS_SCRIPT.format(src=SRC, deps=deps)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-E", "-S", "-O", "-c", code], capture_output=True,
+                         text=True, timeout=100, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() == ["spawn", "ok", "forkserver", "ok"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_concurrent_children_hold_the_same_number_of_fds(method: str) -> None:
+    # CPython's test_child_fd_inflation: a forkserver child must not inherit its running
+    # siblings' fds from the server.
+    ctx = polyproc.get_context(method)
+    n = 5
+    ready, go, q = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    ps = [ctx.Process(target=_report_fd_count, args=(ready, go, q)) for _ in range(n)]
+    for p in ps:
+        p.start()
+    try:
+        for _ in range(n):  # every child is running (and counted) before any exits
+            assert ready.acquire(timeout=T)
+        counts = [q.get(timeout=T) for _ in range(n)]
+    finally:
+        go.set()
+        for p in ps:
+            p.join(T)
+    assert len(set(counts)) == 1, counts
+    assert [p.exitcode for p in ps] == [0] * n
+
+
+# ---------------------------------------------------------------- exit
+
+
+def test_atexit_handlers_of_a_child_run_at_its_exit(ctx, tmp_path: Path) -> None:  # noqa: ANN001
+    # CPython 3.13's WithProcessesTestAtExit (gh-83856): under fork and forkserver too; the
+    # parent's own handlers do not run in a forked child.
+    parent_pid = os.getpid()
+    ran_in_child = tmp_path / "parent-handler-ran-in-a-child"
+
+    def parent_handler() -> None:
+        if os.getpid() != parent_pid:
+            ran_in_child.write_text(str(os.getpid()))
+
+    atexit.register(parent_handler)
+    try:
+        out = tmp_path / "output.txt"
+        p = ctx.Process(target=_register_atexit_writer, args=(str(out),))
+        p.start()
+        p.join(T)
+        assert p.exitcode == 0
+        assert out.read_text() == f"deadbeef {p.pid}"
+        assert not ran_in_child.exists()
+    finally:
+        atexit.unregister(parent_handler)
+
+
+# ---------------------------------------------------------------- start methods
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "Condition", "Event"])
+def test_fork_context_locks_refused_by_other_start_methods(method: str, kind: str) -> None:
+    # The stdlib's error (CPython's TestStartMethod.test_mixed_startmethod): a fork-context
+    # semaphore has no name, so a spawn or forkserver child cannot open it.
+    obj = getattr(polyproc.get_context("fork"), kind)()
+    p = polyproc.get_context(method).Process(target=_noop, args=(obj,))
+    with pytest.raises(RuntimeError, match="A SemLock created in a fork context is being "
+                                           "shared with a process in a spawn context"):
+        p.start()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_fork_context_queue_works_with_other_start_methods(method: str) -> None:
+    # A documented difference (docs/migrating.md): polyproc's queues use no fork-only
+    # semaphore, so the stdlib's refusal has no reason here.
+    q = polyproc.get_context("fork").Queue()
+    p = polyproc.get_context(method).Process(target=q.put, args=("from the child",))
+    p.start()
+    assert q.get(timeout=T) == "from the child"
+    p.join(T)
+    assert p.exitcode == 0
+
+
+# ---------------------------------------------------------------- the stdlib's test hooks
+
+
+def test_util_abstract_sockets_supported() -> None:
+    assert polyproc.util.abstract_sockets_supported is (sys.platform == "linux")
+    if polyproc.util.abstract_sockets_supported:
+        from polyproc.connection import Client, Listener
+
+        with Listener("\0polyproc-abstract-" + os.urandom(4).hex()) as listener:
+            with Client(listener.address) as c, listener.accept() as s:
+                c.send(1)
+                assert s.recv() == 1
+
+
+def test_process_dangling_and_cleanup_tests() -> None:
+    from polyproc import process, util
+    from polyproc._spawn import forkserver
+
+    ctx = polyproc.get_context("forkserver")
+    p = ctx.Process(target=_noop)
+    p.start()
+    assert p in process._dangling
+    p.join(T)
+    assert forkserver._forkserver._proc is not None
+    util._cleanup_tests()
+    assert forkserver._forkserver._proc is None  # the fork server stopped
+    assert not process.active_children()
+    p = ctx.Process(target=_noop)  # and a new one starts when needed
+    p.start()
+    p.join(T)
+    assert p.exitcode == 0
+
+
+# ---------------------------------------------------------------- the session's leak check
+
+
+HOLDER = """
+import os, sys, time
+sys.path.insert(0, {src!r})
+import polyproc
+lock = polyproc.get_context("spawn").Lock()
+with open({name_file!r} + ".tmp", "w") as f:
+    f.write(f"{{os.getpid()}} {{lock.name}}")
+os.rename({name_file!r} + ".tmp", {name_file!r})
+deadline = time.monotonic() + 60
+while not os.path.exists({stop_file!r}) and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
+def _wait_for(predicate, what: str, timeout: float = T) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(90)
+def test_leak_check_leaves_other_programs_entries_alone(tmp_path: Path) -> None:
+    # /dev/shm is machine-wide: a semaphore made meanwhile by a program outside this session
+    # (another test session) is not a leak of ours, and unlinking it broke that program.
+    before = Snapshot.take()
+    name_file, stop_file = tmp_path / "name", tmp_path / "stop"
+    code = HOLDER.format(src=SRC, name_file=str(name_file), stop_file=str(stop_file))
+    # Started through a shell that exits at once: the holder is reparented, outside our tree.
+    subprocess.run(["/bin/sh", "-c", f'"{sys.executable}" -c "$0" >/dev/null 2>&1 &', code],
+                   check=True, timeout=30)
+    _wait_for(name_file.exists, "the holder's semaphore")
+    pid_text, sem_name = name_file.read_text().split()
+    pid, entry = int(pid_text), "/dev/shm/sem." + sem_name.lstrip("/")
+    try:
+        assert pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+        assert os.path.exists(entry)
+        assert before.leaks(0.5) == []
+        assert os.path.exists(entry), "the leak check unlinked another program's semaphore"
+    finally:
+        stop_file.write_text("")
+        _wait_for(lambda: not psutil.pid_exists(pid) or
+                  psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, "the holder's exit")
+    with contextlib.suppress(FileNotFoundError):
+        _wait_for(lambda: not os.path.exists(entry), "the holder's unlink", 10)
