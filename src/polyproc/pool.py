@@ -12,6 +12,8 @@ Differences from the stdlib, all additions with compatible defaults:
 * ``progress=True`` on ``map``/``imap``/``imap_unordered``/``starmap`` shows a tqdm bar.
 * ``terminate()`` gives unfinished tasks an outcome (CancelledError) instead of leaving their
   results waiting forever; an exception from a worker carries its traceback as ``__cause__``.
+* ``terminate()`` on the result of ``apply_async``/``map_async``/``imap``... stops that one
+  call, even while it runs (its worker is killed and replaced; the other calls go on).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Pool:
                   kwargs=dict(kwds) if kwds else None, single=True, retries=retries,
                   timeout=timeout)
         self._scheduler.submit(job)
+        result._stop = (self._backend, job.id)
         return result
 
     def _map_job(self, name: str, func: Callable[..., Any], iterable: Iterable[Any],
@@ -133,6 +136,7 @@ class Pool:
                   chunksize=chunksize, retries=retries, timeout=timeout)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
+        result._stop = (self._backend, job.id)
         return result
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
@@ -179,6 +183,7 @@ class Pool:
                   size_hint=length)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
+        sink._stop = (self._backend, job.id)
         return sink
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],

@@ -26,6 +26,8 @@ class ResultSink:
     """Base of everything that receives outcomes from the scheduler."""
 
     wakeup: Callable[[], None] | None = None  # set by the scheduler: call when consumed
+    #: ``(backend, job id)`` of the call, set by the pool that made it (see ``_terminate``).
+    _stop: tuple[Any, int] | None = None
 
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         raise NotImplementedError
@@ -50,6 +52,10 @@ class ResultSink:
     def start(self) -> bool:
         """Called before the job's first task is sent; False means 'cancelled, skip it'."""
         return True
+
+    def _terminate(self) -> bool:
+        stop = self._stop
+        return False if stop is None else stop[0].stop_job(stop[1])
 
 
 #: Guards the hand-over between a waiter making an AsyncResult's wake-up lock and the
@@ -112,6 +118,20 @@ class AsyncResult(ResultSink):
         finally:
             if got:
                 waiter.release()  # for the next waiter
+
+    def terminate(self) -> bool:
+        """Stop this call now: its tasks not finished yet end with ``CancelledError``.
+
+        A task still queued is dropped; one running is stopped by killing its worker
+        (SIGKILL, as a ``timeout=`` does), which the pool replaces: the other tasks that
+        worker held, this call's excepted, run again elsewhere. For ``map_async`` every task
+        of the call not finished yet is stopped (also once the result is ready because one
+        task failed and the others still run). True if some task of the call had not
+        finished (unless a task failed first, ``get()`` then raises ``CancelledError``, soon
+        for a running task: once its worker is gone), False if none was left. A
+        ``ThreadPool`` cannot stop a thread: ``NotImplementedError``.
+        """
+        return self._terminate()
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result, or raise the task's exception; TimeoutError if not ready in time."""
@@ -274,6 +294,12 @@ class _IterBase(ResultSink):
     def cancelled(self) -> bool:
         return self._closed
 
+    def terminate(self) -> bool:
+        """Stop this call now (as ``AsyncResult.terminate``): every task without an outcome
+        yet ends with ``CancelledError``, the rest of the input is not read. True if some
+        task had no outcome yet, False if the call had finished."""
+        return self._terminate()
+
     def unconsumed(self) -> int:
         return self._count
 
@@ -420,11 +446,18 @@ class FutureSink(ResultSink):
             # Never started: a real cancellation. Move the future on to CANCELLED_AND_NOTIFIED
             # too, or wait()/as_completed() never see it done (CPython issues 87893, 109934).
             self.future.set_running_or_notify_cancel()
+        elif isinstance(value, _cancelled_error_type()) and \
+                getattr(self.future, "_cancel_running", _no)():
+            pass  # stopped while running (terminate()): CANCELLED as well
         else:
             try:
                 self.future.set_exception(value)
             except Exception:  # already cancelled or set
                 pass
+
+
+def _no() -> bool:
+    return False
 
 
 def _cancelled_error_type() -> type[BaseException]:

@@ -48,7 +48,7 @@ class Job:
         "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
         "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
         "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
-        "progress", "window_scale", "seq", "size_hint",
+        "progress", "window_scale", "seq", "size_hint", "stopping",
         "__weakref__",
     )
 
@@ -95,6 +95,7 @@ class Job:
         self.progress: Any = None
         # How many batches the window may hold beyond ``window`` tasks; 0 for a strict bound.
         self.window_scale = 0 if strict_window else 8
+        self.stopping = False  # terminate() was called: every outcome still due is cancelled
 
     def has_work(self) -> bool:
         if self.requeue:
@@ -187,6 +188,9 @@ class Scheduler:
         self.wakeup = wakeup
         self.broken: BaseException | None = None
         self.timed_jobs = 0  # active jobs with a per-task timeout (the dispatcher polls then)
+        # Jobs stopped by terminate() with tasks still on workers: the backend stops the
+        # workers running them (see stop_job).
+        self.stopping: list[Job] = []
 
     # ---------------------------------------------------------------- submitting
 
@@ -207,6 +211,28 @@ class Scheduler:
             self.active[job.id] = job
             self.pending.append(job)
         self.wakeup()
+
+    def stop_job(self, job_id: int) -> bool:
+        """Stop every task of job ``job_id`` that has no outcome yet (any thread).
+
+        Tasks not sent to a worker are cancelled now. Those on a worker end with
+        ``CancelledError`` too, whatever they do next: the job goes on ``self.stopping``, where
+        the backend looks for workers running them and stops those workers (``worker_lost``
+        with ``stopped=True`` then re-runs the other tasks they held). True if the job had
+        tasks without an outcome (or was being stopped already), False if it had finished.
+        """
+        with self.lock:
+            job = self.active.get(job_id)
+            if job is None or job.finished:
+                return False
+            if job.stopping:
+                return True
+            job.stopping = True
+            self._fail_rest(job, _stopped(job, job.next_index))
+            if job.inflight:
+                self.stopping.append(job)
+        self.wakeup()
+        return True
 
     def _consumed(self, job: Job) -> None:
         # The caller took an outcome: a job held back by its window may go on.
@@ -472,6 +498,10 @@ class Scheduler:
                 per = elapsed_ns / n
                 job.cost_ns = per if job.cost_ns is None else 0.5 * (job.cost_ns + per)
                 job.inflight -= n
+                if job.stopping:  # terminate() was called meanwhile: these are cancelled
+                    for index in batch.indices:
+                        self._deliver(job, index, False, None)
+                    return batch
                 if errors:
                     for pos, exc in errors.items():
                         _annotate(exc, job, batch.indices[pos], pid)
@@ -497,8 +527,13 @@ class Scheduler:
             return batch
 
     def worker_lost(self, batches: list[Batch], running: tuple[int, int], pid: int | None,
-                    exitcode: int | None, timed_out: tuple[int, int] | None = None) -> None:
-        """A worker died holding ``batches``; ``running`` is its (batch id, position) row."""
+                    exitcode: int | None, timed_out: tuple[int, int] | None = None,
+                    stopped: bool = False) -> None:
+        """A worker died holding ``batches``; ``running`` is its (batch id, position) row.
+
+        ``stopped``: the backend killed it to stop a task of a job being stopped (those
+        tasks are cancelled); no other task is to blame, so all of them run again.
+        """
         with self.lock:
             for batch in batches:
                 if self.batches.pop(batch.id, None) is None:
@@ -512,7 +547,7 @@ class Scheduler:
                     index = batch.indices[pos]
                     args = _task_args(batch, pos)
                     job.inflight -= 1
-                    if pos == culprit:
+                    if pos == culprit and not stopped:
                         if timed_out is not None and timed_out == (batch.id, pos):
                             err: BaseException = TaskTimeoutError(
                                 f"task {index} of {job.name}() ran longer than its timeout of "
@@ -538,9 +573,13 @@ class Scheduler:
                     else:
                         # Not the culprit (or unknown: a fast batch): run it again; a batch
                         # whose culprit is unknown is re-run task by task to find it.
-                        self._requeue(job, index, args, isolate=running_here and culprit is None)
+                        self._requeue(job, index, args,
+                                      isolate=running_here and culprit is None and not stopped)
 
     def _requeue(self, job: Job, index: int, args: Any, isolate: bool) -> None:
+        if job.stopping:  # never run again: it is cancelled
+            self._deliver(job, index, False, None)
+            return
         if job.requeue is _EMPTY:
             job.requeue = collections.deque()
         job.requeue.append((index, args, isolate))
@@ -602,6 +641,8 @@ class Scheduler:
         job.sink.finish()
 
     def _deliver(self, job: Job, index: int, ok: bool, value: Any) -> None:
+        if job.stopping:  # whatever became of the task, terminate() promised it is cancelled
+            ok, value = False, _stopped(job, index)
         job.sink.deliver(index, ok, value)
         if job.progress is not None:
             job.progress(1)
@@ -639,6 +680,14 @@ def _cancelled() -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError("the pool was shut down before this task ran")
+
+
+def _stopped(job: Job, index: int) -> BaseException:
+    from concurrent.futures import CancelledError
+
+    what = "this call" if job.single else f"task {index} of {job.name}()"
+    return CancelledError(f"{what} was stopped by terminate() (had it started, the worker "
+                          "running it was killed and replaced; the other tasks run as usual)")
 
 
 def learn_funcs(known_fids: set[int], new_funcs: dict[int, bytes | None]) -> None:
