@@ -120,16 +120,14 @@ class AsyncResult(ResultSink):
                 waiter.release()  # for the next waiter
 
     def terminate(self) -> bool:
-        """Stop this call now: its tasks not finished yet end with ``CancelledError``.
+        """Stop this call now: True if some task of it had not finished, else False.
 
-        A task still queued is dropped; one running is stopped by killing its worker
-        (SIGKILL, as a ``timeout=`` does), which the pool replaces: the other tasks that
-        worker held, this call's excepted, run again elsewhere. For ``map_async`` every task
-        of the call not finished yet is stopped (also once the result is ready because one
-        task failed and the others still run). True if some task of the call had not
-        finished (unless a task failed first, ``get()`` then raises ``CancelledError``, soon
-        for a running task: once its worker is gone), False if none was left. A
-        ``ThreadPool`` cannot stop a thread: ``NotImplementedError``.
+        A task still queued is dropped; a running one is stopped by killing its worker
+        (SIGKILL, as ``timeout=`` does), which the pool replaces; the other tasks that worker
+        held run again elsewhere. Every task of the call not finished yet (all of them, for
+        ``map_async``) ends with ``CancelledError``, which ``get()`` raises (for a running
+        task once its worker is gone), unless a task of the call had failed before. A
+        ``ThreadPool`` cannot stop a thread: it raises ``NotImplementedError``.
         """
         return self._terminate()
 
