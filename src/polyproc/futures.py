@@ -12,11 +12,15 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 * ``max_tasks_per_child`` works with every start method, fork included.
 * Futures cancelled by ``shutdown(cancel_futures=True)`` count as done for ``wait`` and
   ``as_completed`` (the stdlib's never do: they wait forever, CPython issue 109934).
+* ``future.terminate()`` stops one task, even a running one (its worker is killed and
+  replaced); ``cancel()`` keeps the stdlib's meaning (only a task not started yet).
+* Python 3.14's ``terminate_workers()`` and ``kill_workers()`` work on every version.
 """
 
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +38,11 @@ from concurrent.futures import (
     as_completed,
     wait,
 )
+from concurrent.futures._base import CANCELLED as _CANCELLED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED as _CANCELLED_AND_NOTIFIED
+from concurrent.futures._base import FINISHED as _FINISHED
 from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures._base import RUNNING as _RUNNING
 from typing import Any
 
 from . import util
@@ -128,6 +136,7 @@ class ProcessPoolExecutor(Executor):
                       kwargs=kwargs or None, single=True, retries=self._retries,
                       timeout=self._task_timeout)
             backend.scheduler.submit(job)
+            future._stop = (backend, job.id)
             return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
@@ -188,6 +197,33 @@ class ProcessPoolExecutor(Executor):
             while not backend.join(0.25):
                 pass
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM (Python 3.14's, offered on every version).
+
+        As ``shutdown(wait=False, cancel_futures=True)``, then each worker is sent SIGTERM:
+        futures not started are cancelled, running ones fail with ``WorkerLostError`` (a
+        ``BrokenProcessPool``), no worker is started again and ``submit`` raises
+        ``RuntimeError``. ``shutdown()`` or leaving a ``with`` block then waits for the
+        workers to exit (a worker that ignores SIGTERM is killed after 5 s).
+        """
+        self._stop_workers(signal.SIGTERM, "terminate_workers()")
+
+    def kill_workers(self) -> None:
+        """As ``terminate_workers()``, with SIGKILL (Python 3.14's, on every version)."""
+        self._stop_workers(signal.SIGKILL, "kill_workers()")
+
+    def _stop_workers(self, sig: int, why: str) -> None:
+        backend = self._backend
+        if backend is not None and not hasattr(backend, "kill_workers"):
+            raise NotImplementedError(
+                f"{why} is not supported by this executor's backend "
+                f"({type(backend).__name__}): its workers are not the executor's to kill. "
+                "Use shutdown(cancel_futures=True), and task_timeout= to bound running tasks.")
+        self.shutdown(wait=False, cancel_futures=True)
+        backend = self._backend  # no new one can be made any more
+        if backend is not None:
+            backend.kill_workers(sig, why)
+
     @property
     def _processes(self) -> dict[int, Any]:
         """Worker processes by pid (the stdlib's private attribute, which tests often use)."""
@@ -224,8 +260,46 @@ class _FutureCondition(_thread.RLock):
             self._cond.notify_all()
 
 
-class _Future(Future):
-    """A ``concurrent.futures.Future`` (the same class's methods, state and callbacks) whose
+class _StoppableFuture(Future):
+    """A ``concurrent.futures.Future`` of ``ProcessPoolExecutor.submit``, with ``terminate``."""
+
+    #: ``(backend, job id)`` of its call, set by ``submit``.
+    _stop: tuple[Any, int] | None = None
+
+    def terminate(self) -> bool:
+        """Stop this call now, even while it runs: its future ends CANCELLED.
+
+        Not started yet: it is cancelled (as ``cancel()``). Running: the worker running it is
+        killed (SIGKILL, as ``task_timeout`` does) and replaced, the other tasks that worker
+        held run again elsewhere, and the future moves from RUNNING to CANCELLED
+        (``cancelled()`` is True, ``result()`` and ``exception()`` raise ``CancelledError``,
+        ``wait`` and ``as_completed`` count it as done) once the worker is gone. True if it
+        was (or is being) stopped or was cancelled already; False if it had finished.
+        Executors on a Dask context raise ``NotImplementedError``.
+        """
+        with self._condition:
+            if self._state in (_CANCELLED, _CANCELLED_AND_NOTIFIED):
+                return True
+            if self._state == _FINISHED:
+                return False
+        stop = self._stop
+        return False if stop is None else stop[0].stop_job(stop[1])
+
+    def _cancel_running(self) -> bool:
+        """RUNNING -> CANCELLED_AND_NOTIFIED: the pool stopped its task (``terminate()``)."""
+        with self._condition:
+            if self._state != _RUNNING:
+                return False
+            self._state = _CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
+
+
+class _Future(_StoppableFuture):
+    """A ``_StoppableFuture`` (the stdlib Future's methods, state and callbacks) whose
     condition is a ``_FutureCondition``."""
 
     def __init__(self) -> None:
@@ -238,9 +312,10 @@ class _Future(Future):
         self._done_callbacks: list[Any] = []
 
 
-_Future.__name__ = _Future.__qualname__ = "Future"  # reprs read like the stdlib's
+for _cls in (_StoppableFuture, _Future):
+    _cls.__name__ = _cls.__qualname__ = "Future"  # reprs read like the stdlib's
 if set(vars(Future())) != set(vars(_Future())):  # another Python's Future has other fields
-    _Future = Future  # type: ignore[misc, assignment]
+    _Future = _StoppableFuture  # type: ignore[misc, assignment]
 
 
 def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:

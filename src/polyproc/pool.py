@@ -12,6 +12,8 @@ Differences from the stdlib, all additions with compatible defaults:
 * ``progress=True`` on ``map``/``imap``/``imap_unordered``/``starmap`` shows a tqdm bar.
 * ``terminate()`` gives unfinished tasks an outcome (CancelledError) instead of leaving their
   results waiting forever; an exception from a worker carries its traceback as ``__cause__``.
+* ``terminate()`` on the result of ``apply_async``/``map_async``/``imap``... stops that one
+  call, even while it runs (its worker is killed and replaced; the other calls go on).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class Pool:
                   kwargs=dict(kwds) if kwds else None, single=True, retries=retries,
                   timeout=timeout)
         self._scheduler.submit(job)
+        result._stop = (self._backend, job.id)
         return result
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -153,6 +156,7 @@ class Pool:
                   chunksize=chunksize, retries=retries, timeout=timeout)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
+        result._stop = (self._backend, job.id)
         return result
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any],
@@ -199,6 +203,7 @@ class Pool:
                   size_hint=length)
         _attach_progress(job, progress, length, name)
         self._scheduler.submit(job)
+        sink._stop = (self._backend, job.id)
         return sink
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any],

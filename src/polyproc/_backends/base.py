@@ -49,6 +49,12 @@ class Backend(Protocol):
         """The pids of the worker processes (empty for threads)."""
         ...
 
+    def stop_job(self, job_id: int) -> bool:
+        """``terminate()`` of one future or result: cancel the job's tasks and stop the
+        workers running them (any thread); True if the job had not ended yet. A backend
+        whose workers are not its own raises ``NotImplementedError`` saying what to use."""
+        ...
+
 
 def make_backend(ctx: Any, processes: int, initializer: Any = None, initargs: tuple = (),
                  maxtasks: int | None = None, name: str = "PoolWorker") -> Backend:

@@ -43,7 +43,7 @@ class WorkerHandle:
     """The dispatcher's view of one worker process."""
 
     __slots__ = ("slot", "proc", "sock", "reader", "writer", "inflight", "known_fids", "pid",
-                 "sent", "timed_out", "eof", "dead", "writing", "completed")
+                 "sent", "timed_out", "eof", "dead", "writing", "completed", "stopped")
 
     def __init__(self, slot: int, proc: Any, sock: socket.socket) -> None:
         self.slot = slot
@@ -60,6 +60,7 @@ class WorkerHandle:
         self.dead = False
         self.writing = False
         self.completed = 0
+        self.stopped = False  # killed to stop a task of a job being stopped (terminate())
 
 
 class LocalBackend:
@@ -84,6 +85,9 @@ class LocalBackend:
         self._counter = itertools.count(1)
         self._closing = False  # no new work; stop when idle
         self._terminating = False  # stop now
+        # kill_workers(): (signal, what to tell the tasks the workers held); None: terminate.
+        self._kill: tuple[int, str] | None = None
+        self._signalled = threading.Event()  # the workers were told to stop (or are gone)
         self._startup_failures = 0
         method = ctx.get_start_method()
         self._fork = method == "fork"
@@ -137,6 +141,23 @@ class LocalBackend:
         """Stop the workers now; tasks not done yet get a cancelled outcome."""
         self._closing = self._terminating = True
         self.wakeup()
+
+    def kill_workers(self, sig: int, why: str) -> None:
+        """Stop every worker now with signal ``sig`` and start none again (any thread).
+
+        Queued tasks are cancelled; the tasks the workers held fail with ``WorkerLostError``
+        (``why`` says who stopped them). Returns once the workers were signalled (bounded),
+        not when they have exited: ``join`` waits for that.
+        """
+        self._kill = (sig, why)
+        self._closing = self._terminating = True
+        self.wakeup()
+        if threading.current_thread() is not getattr(self, "thread", None):
+            self._signalled.wait(5)
+
+    def stop_job(self, job_id: int) -> bool:
+        """``terminate()`` of a future or result: see ``Scheduler.stop_job`` (any thread)."""
+        return self.scheduler.stop_job(job_id)
 
     def join(self, timeout: float | None = None) -> bool:
         self.thread.join(timeout)
@@ -287,6 +308,8 @@ class LocalBackend:
                     self._on_death(w)
             if sched.running_jobs_with_timeout():
                 self._check_timeouts()
+            if sched.stopping:
+                self._check_stops()
             if self.starts.slots:
                 self._retry_starts()
 
@@ -378,10 +401,10 @@ class LocalBackend:
         del self.workers[w.slot]
         if w.inflight:
             self.scheduler.worker_lost(list(w.inflight), (running[0], running[1]), w.pid,
-                                       exitcode, w.timed_out)
+                                       exitcode, w.timed_out, stopped=w.stopped)
             w.inflight.clear()
         if (exitcode != 0 and w.completed == 0 and running[2] == 0
-                and w.timed_out is None and not self._terminating):
+                and w.timed_out is None and not w.stopped and not self._terminating):
             # It died before starting any batch: it can't even start (e.g. the main module
             # or the initializer crashes it). Don't respawn forever.
             self._startup_failures += 1
@@ -457,14 +480,15 @@ class LocalBackend:
     # ---------------------------------------------------------------- timeouts
 
     def _timer(self) -> float | None:
-        timer = 0.02 if self.scheduler.running_jobs_with_timeout() else None
+        sched = self.scheduler
+        timer = 0.02 if sched.stopping or sched.running_jobs_with_timeout() else None
         retry = self.starts.timeout()
         return timer if retry is None else retry if timer is None else min(timer, retry)
 
     def _check_timeouts(self) -> None:
         now = time.monotonic_ns()
         for w in list(self.workers.values()):
-            if w.dead or not w.inflight or w.timed_out is not None:
+            if w.dead or not w.inflight or w.timed_out is not None or w.stopped:
                 continue
             batch_id, pos, start_ns, _pid = self.slots.read(w.slot)
             if pos < 0:
@@ -484,20 +508,56 @@ class LocalBackend:
                 except ProcessLookupError:
                     pass
 
+    def _check_stops(self) -> None:
+        """Kill each worker running a task of a job being stopped (``terminate()``), as an
+        overdue task's worker is; its other tasks run again elsewhere. A stopped task queued
+        behind others on a worker is looked for again until that worker reaches it."""
+        sched = self.scheduler
+        with sched.lock:
+            sched.stopping = [job for job in sched.stopping if not job.finished]
+            if not sched.stopping:
+                return
+        for w in list(self.workers.values()):
+            if w.dead or w.stopped or w.timed_out is not None or not w.inflight:
+                continue
+            batch_id, pos, _start_ns, _pid = self.slots.read(w.slot)
+            for batch in w.inflight:
+                if batch.id == batch_id:
+                    break
+            else:
+                continue
+            if pos < 0:
+                # A batch run without positions (one map job's tasks) runs a stopped task
+                # throughout; a precise one is between tasks (starting, or sending its
+                # outcomes, which arrive cancelled): look again later.
+                if batch.precise or batch.job is None or not batch.job.stopping:
+                    continue
+            elif pos >= len(batch) or not batch.job_at(pos).stopping:
+                continue
+            w.stopped = True
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     # ---------------------------------------------------------------- shutdown
 
     def _shutdown_workers(self) -> None:
         self.starts.slots.clear()
         workers = list(self.workers.values())
+        sig = signal.SIGTERM if self._kill is None else self._kill[0]
         for w in workers:
             try:
                 if self._terminating:
-                    w.proc.terminate()
+                    w.proc._popen._send_signal(sig)
+                    if sig != signal.SIGKILL:  # a stopped (SIGSTOP) worker acts on it now
+                        w.proc._popen._send_signal(signal.SIGCONT)
                 else:
                     w.sock.setblocking(True)
                     wire.send(w.sock, wire.dumps(worker.STOP)[0])
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 pass
+        self._signalled.set()
         deadline = time.monotonic() + 5
         for w in workers:
             try:
@@ -515,7 +575,9 @@ class LocalBackend:
                 pass
         self.workers.clear()
         # Anything still waiting (terminate, or a dispatcher failure) gets its outcome now.
-        self.scheduler.fail_all(_terminated_error()) if not self.scheduler.idle() else None
+        if not self.scheduler.idle():
+            self.scheduler.fail_all(_terminated_error() if self._kill is None
+                                    else _killed_error(self._kill[1]))
         try:
             self.sel.close() if self.sel is not None else None
         except OSError:
@@ -545,6 +607,13 @@ def _terminated_error() -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError("the pool was terminated before this task finished")
+
+
+def _killed_error(why: str) -> BaseException:
+    from .._engine.broken import WorkerLostError
+
+    return WorkerLostError(f"the pool's workers were stopped by {why} while this task ran "
+                           "on one of them; it did not finish")
 
 
 #: Socket buffer asked for each side of a worker's connection (the kernel caps it at

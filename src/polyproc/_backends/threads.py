@@ -56,6 +56,12 @@ class ThreadBackend:
     def worker_pids(self) -> list[int]:
         return []
 
+    def stop_job(self, job_id: int) -> bool:
+        raise NotImplementedError(
+            "a ThreadPool cannot stop a task: a running thread cannot be stopped from outside "
+            "(and a queued task would only be skipped). Use a process Pool to terminate() "
+            "tasks, or have the task check a threading.Event and return early.")
+
     def _reaper(self) -> None:
         for t in self._threads:
             t.join()

@@ -26,6 +26,8 @@ class ResultSink:
     """Base of everything that receives outcomes from the scheduler."""
 
     wakeup: Callable[[], None] | None = None  # set by the scheduler: call when consumed
+    #: ``(backend, job id)`` of the call, set by the pool that made it (see ``_terminate``).
+    _stop: tuple[Any, int] | None = None
 
     def deliver(self, index: int, ok: bool, value: Any) -> None:
         raise NotImplementedError
@@ -50,6 +52,10 @@ class ResultSink:
     def start(self) -> bool:
         """Called before the job's first task is sent; False means 'cancelled, skip it'."""
         return True
+
+    def _terminate(self) -> bool:
+        stop = self._stop
+        return False if stop is None else stop[0].stop_job(stop[1])
 
 
 #: Guards the hand-over between a waiter making an AsyncResult's wake-up lock and the
@@ -112,6 +118,18 @@ class AsyncResult(ResultSink):
         finally:
             if got:
                 waiter.release()  # for the next waiter
+
+    def terminate(self) -> bool:
+        """Stop this call now: True if some task of it had not finished, else False.
+
+        A task still queued is dropped; a running one is stopped by killing its worker
+        (SIGKILL, as ``timeout=`` does), which the pool replaces; the other tasks that worker
+        held run again elsewhere. Every task of the call not finished yet (all of them, for
+        ``map_async``) ends with ``CancelledError``, which ``get()`` raises (for a running
+        task once its worker is gone), unless a task of the call had failed before. A
+        ``ThreadPool`` cannot stop a thread: it raises ``NotImplementedError``.
+        """
+        return self._terminate()
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result, or raise the task's exception; TimeoutError if not ready in time."""
@@ -274,6 +292,12 @@ class _IterBase(ResultSink):
     def cancelled(self) -> bool:
         return self._closed
 
+    def terminate(self) -> bool:
+        """Stop this call now (as ``AsyncResult.terminate``): every task without an outcome
+        yet ends with ``CancelledError``, the rest of the input is not read. True if some
+        task had no outcome yet, False if the call had finished."""
+        return self._terminate()
+
     def unconsumed(self) -> int:
         return self._count
 
@@ -420,11 +444,18 @@ class FutureSink(ResultSink):
             # Never started: a real cancellation. Move the future on to CANCELLED_AND_NOTIFIED
             # too, or wait()/as_completed() never see it done (CPython issues 87893, 109934).
             self.future.set_running_or_notify_cancel()
+        elif isinstance(value, _cancelled_error_type()) and \
+                getattr(self.future, "_cancel_running", _no)():
+            pass  # stopped while running (terminate()): CANCELLED as well
         else:
             try:
                 self.future.set_exception(value)
             except Exception:  # already cancelled or set
                 pass
+
+
+def _no() -> bool:
+    return False
 
 
 def _cancelled_error_type() -> type[BaseException]:

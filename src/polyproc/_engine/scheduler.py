@@ -60,7 +60,7 @@ class Job:
         "id", "name", "func", "fid", "star", "kwargs", "source", "length", "chunksize",
         "sink", "retries", "timeout", "window", "single", "next_index", "exhausted",
         "inflight", "requeue", "attempts", "cost_ns", "last_size", "finished", "blocked",
-        "progress", "window_scale", "seq", "size_hint",
+        "progress", "window_scale", "seq", "size_hint", "stopping",
         "__weakref__",
     )
 
@@ -107,6 +107,7 @@ class Job:
         self.progress: Any = None
         # How many batches the window may hold beyond ``window`` tasks; 0 for a strict bound.
         self.window_scale = 0 if strict_window else 8
+        self.stopping = False  # terminate() was called: every outcome still due is cancelled
 
     def has_work(self) -> bool:
         if self.requeue:
@@ -240,6 +241,9 @@ class Scheduler:
         self.wakeup = wakeup
         self.broken: BaseException | None = None
         self.timed_jobs = 0  # active jobs with a per-task timeout (the dispatcher polls then)
+        # Jobs stopped by terminate() with tasks still on workers: the backend stops the
+        # workers running them (see stop_job).
+        self.stopping: list[Job] = []
 
     # ---------------------------------------------------------------- submitting
 
@@ -260,6 +264,28 @@ class Scheduler:
             self.active[job.id] = job
             self.pending.append(job)
         self.wakeup()
+
+    def stop_job(self, job_id: int) -> bool:
+        """Stop every task of job ``job_id`` that has no outcome yet (any thread).
+
+        Tasks not sent to a worker are cancelled now. Those on a worker end with
+        ``CancelledError`` too, whatever they do next: the job goes on ``self.stopping``, where
+        the backend looks for workers running them and stops those workers (``worker_lost``
+        with ``stopped=True`` then re-runs the other tasks they held). True if the job had
+        tasks without an outcome (or was being stopped already), False if it had finished.
+        """
+        with self.lock:
+            job = self.active.get(job_id)
+            if job is None or job.finished:
+                return False
+            if job.stopping:
+                return True
+            job.stopping = True
+            self._fail_rest(job, _stopped(job, job.next_index))
+            if job.inflight:
+                self.stopping.append(job)
+        self.wakeup()
+        return True
 
     def _consumed(self, job: Job) -> None:
         # The caller took an outcome: a job held back by its window may go on.
@@ -528,6 +554,10 @@ class Scheduler:
                 per = elapsed_ns / n
                 job.cost_ns = per if job.cost_ns is None else 0.5 * (job.cost_ns + per)
                 job.inflight -= n
+                if job.stopping:  # terminate() was called meanwhile: these are cancelled
+                    for index in batch.indices:
+                        self._deliver(job, index, False, None)
+                    return batch
                 if errors:
                     for pos, exc in errors.items():
                         _annotate(exc, job, batch.indices[pos], pid)
@@ -554,13 +584,15 @@ class Scheduler:
 
     def worker_lost(self, batches: list[Batch], culprit: Culprit | tuple[int, int] | None = None,
                     pid: int | None = None, exitcode: int | None = None,
-                    timed_out: tuple[int, int] | None = None) -> None:
+                    timed_out: tuple[int, int] | None = None, stopped: bool = False) -> None:
         """A worker (``pid``, ended with ``exitcode``) was lost holding ``batches``.
 
         ``culprit``: what it was running (None: none of them, or unknown). Every task of
         ``batches`` gets an outcome or runs again; only the culprit task is blamed. A plain
         ``(batch id, position)`` slot row with ``timed_out`` is also accepted (as
-        ``Culprit.from_slot(row, timed_out)``).
+        ``Culprit.from_slot(row, timed_out)``). ``stopped``: the backend killed the worker to
+        stop a task of a job being stopped (those tasks are cancelled); no task is to blame,
+        so all the others run again.
         """
         if culprit is not None and type(culprit) is not Culprit:
             culprit = Culprit.from_slot(culprit, timed_out)
@@ -578,7 +610,7 @@ class Scheduler:
                     index = batch.indices[pos]
                     args = _task_args(batch, pos)
                     job.inflight -= 1
-                    if pos == blamed:
+                    if pos == blamed and not stopped:
                         if overdue:
                             err: BaseException = TaskTimeoutError(
                                 f"task {index} of {job.name}() ran longer than its timeout of "
@@ -604,9 +636,13 @@ class Scheduler:
                     else:
                         # Not the culprit (or unknown: a fast batch): run it again; a batch
                         # whose culprit is unknown is re-run task by task to find it.
-                        self._requeue(job, index, args, isolate=running_here and blamed is None)
+                        self._requeue(job, index, args,
+                                      isolate=running_here and blamed is None and not stopped)
 
     def _requeue(self, job: Job, index: int, args: Any, isolate: bool) -> None:
+        if job.stopping:  # never run again: it is cancelled
+            self._deliver(job, index, False, None)
+            return
         if job.requeue is _EMPTY:
             job.requeue = collections.deque()
         job.requeue.append((index, args, isolate))
@@ -669,6 +705,8 @@ class Scheduler:
         job.sink.finish()
 
     def _deliver(self, job: Job, index: int, ok: bool, value: Any) -> None:
+        if job.stopping:  # whatever became of the task, terminate() promised it is cancelled
+            ok, value = False, _stopped(job, index)
         job.sink.deliver(index, ok, value)
         if job.progress is not None:
             job.progress(1)
@@ -706,6 +744,14 @@ def _cancelled() -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError("the pool was shut down before this task ran")
+
+
+def _stopped(job: Job, index: int) -> BaseException:
+    from concurrent.futures import CancelledError
+
+    what = "this call" if job.single else f"task {index} of {job.name}()"
+    return CancelledError(f"{what} was stopped by terminate() (had it started, the worker "
+                          "running it was killed and replaced; the other tasks run as usual)")
 
 
 def learn_funcs(known_fids: set[int], new_funcs: dict[int, bytes | None]) -> None:

@@ -155,6 +155,12 @@ class DaskBackend:
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
+    def stop_job(self, job_id: int) -> bool:
+        raise NotImplementedError(
+            "terminate() is not supported on the dask context: its workers belong to the "
+            "cluster. Bound running tasks with timeout= / task_timeout= instead, or cancel "
+            "the cluster's own tasks with distributed.Client.cancel.")
+
     def worker_pids(self) -> list[int]:
         """The pids of the cluster's worker processes (asks the workers)."""
         try:
