@@ -585,7 +585,7 @@ def test_every_backend_class_has_the_backend_methods(cls):
     if cls == "dask":
         cls = _dask_backend_class()
     methods, attributes = _members(Backend)
-    assert methods == {"wakeup", "close", "terminate", "join", "worker_pids"}
+    assert methods == {"wakeup", "close", "terminate", "join", "worker_pids", "stop_job"}
     assert attributes == {"scheduler", "thread"}
     for name in methods:
         impl = getattr(cls, name, None)
