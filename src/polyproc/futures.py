@@ -48,6 +48,7 @@ from ._engine.errors import (
 from ._engine.results import BoundedIMapIterator, FutureSink, IMapIterator, draining
 from ._engine.scheduler import Job
 from .context import TimeoutError as _ProcessTimeoutError
+from .pool import _backend_factory
 
 __all__ = [
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", "CancelledError", "TimeoutError",
@@ -97,6 +98,7 @@ class ProcessPoolExecutor(Executor):
         self._retries = retries
         self._task_timeout = task_timeout
         self._backend: Any = None
+        self._demand: Callable[[], None] | None = None  # the backend's, if it starts workers
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
         self._finalizer: util.Finalize | None = None
@@ -104,7 +106,7 @@ class ProcessPoolExecutor(Executor):
     def _ensure_backend(self) -> Any:
         backend = self._backend
         if backend is None:
-            factory = getattr(self._mp_context, "_backend_factory", None)
+            factory = _backend_factory(self._mp_context)
             if factory is not None:
                 backend = factory(self._max_workers, self._initializer, self._initargs,
                                   self._max_tasks_per_child)
@@ -113,8 +115,9 @@ class ProcessPoolExecutor(Executor):
 
                 backend = LocalBackend(self._mp_context, self._max_workers, self._initializer,
                                        self._initargs, self._max_tasks_per_child,
-                                       name="ProcessPoolWorker")
+                                       name="ProcessPoolWorker", on_demand=True)
             self._backend = backend
+            self._demand = getattr(backend, "demand", None)
             self._finalizer = util.Finalize(self, _stop_backend, args=(backend,), exitpriority=15)
         return backend
 
@@ -133,7 +136,9 @@ class ProcessPoolExecutor(Executor):
                       kwargs=kwargs or None, single=True, retries=self._retries,
                       timeout=self._task_timeout)
             backend.scheduler.submit(job)
-            return future
+        if self._demand is not None:
+            self._demand()  # a worker it needs is started before submit returns (as the stdlib)
+        return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int | None = None,
@@ -187,7 +192,8 @@ class ProcessPoolExecutor(Executor):
         if backend is None:
             return
         if cancel_futures:
-            backend.scheduler.cancel_pending()
+            cancel = getattr(backend, "cancel_unstarted", None)
+            cancel() if cancel is not None else backend.scheduler.cancel_pending()
         backend.close()
         if wait:
             while not backend.join(0.25):

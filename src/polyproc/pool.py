@@ -21,7 +21,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import util
-from ._engine.errors import RemoteTraceback, TaskTimeoutError, UnpicklableError
+from ._engine.errors import (
+    MaybeEncodingError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    UnpicklableError,
+)
 from ._engine.results import (
     ApplyResult,
     AsyncResult,
@@ -35,7 +40,8 @@ from .context import TimeoutError
 
 __all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",  # noqa: F822
            "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
-           "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback", "TimeoutError"]
+           "ResultUnpicklingError", "UnpicklableError", "MaybeEncodingError", "RemoteTraceback",
+           "TimeoutError"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _IMAP_WINDOW = 256  # base bound on tasks in flight + results not consumed, per imap call
@@ -81,8 +87,9 @@ class Pool:
 
     def _make_backend(self, ctx: Any, processes: int, initializer: Any, initargs: tuple,
                       maxtasksperchild: int | None) -> Any:
-        if getattr(ctx, "_backend_factory", None) is not None:
-            return ctx._backend_factory(processes, initializer, initargs, maxtasksperchild)
+        factory = _backend_factory(ctx)
+        if factory is not None:
+            return factory(processes, initializer, initargs, maxtasksperchild)
         from ._backends.local import LocalBackend
 
         return LocalBackend(ctx, processes, initializer, initargs, maxtasksperchild)
@@ -238,7 +245,7 @@ class Pool:
             try:
                 import warnings
 
-                warnings.warn(f"unclosed running polyproc pool {self!r}", ResourceWarning,
+                warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
                               stacklevel=2)
                 self._backend.close()
             except Exception:  # e.g. at interpreter shutdown, when imports fail
@@ -275,6 +282,14 @@ def __getattr__(name: str) -> Any:
 
         return getattr(broken, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _backend_factory(ctx: Any) -> Any:
+    """The backend a context makes pools on (a Dask context's), None for local processes.
+    Looked up on the class: any other context (say a mock) only needs ``Process``."""
+    if getattr(type(ctx), "_backend_factory", None) is None:
+        return None
+    return ctx._backend_factory
 
 
 def _terminate_backend(backend: Any) -> None:
