@@ -191,6 +191,17 @@ def init_raise_refusing(*_: Any) -> None:
     raise RefusingError("init failed")
 
 
+class ExitAtPickle:
+    """Calls ``sys.exit(3)`` when pickled (the stdlib's test_deadlock has one like it)."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(3)
+
+
+def return_exit_at_pickle(_: Any = None) -> Any:
+    return ExitAtPickle()
+
+
 # ---------------------------------------------------------------- numpy
 
 

@@ -19,6 +19,7 @@ import pytest
 import _pool_targets as t
 import polyproc
 import polyproc.futures as pf
+import polyproc.pool
 
 METHODS = ["fork", "spawn", "forkserver"]
 T = 30.0
@@ -80,3 +81,15 @@ def test_worker_releases_arguments_once_the_task_is_done(method: str, tmp_path: 
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert path.exists(), "the worker still holds the finished task's argument"
+
+
+def test_thread_pool_lets_go_of_task_arguments_and_results() -> None:
+    # CPython's test_release_task_refs (ThreadPool): an idle thread kept its last batch's
+    # results (the very arguments, for identity) until it ran another batch.
+    with polyproc.pool.ThreadPool(4) as pool:
+        objs = [t.Holder() for _ in range(10)]
+        refs = [weakref.ref(o) for o in objs]
+        assert pool.map(t.identity, objs) == objs
+        del objs
+        kept = [r for r in refs if not _collected(r, timeout=2.0)]
+        assert not kept, f"the thread pool keeps {len(kept)} finished tasks' objects"

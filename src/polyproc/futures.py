@@ -105,6 +105,7 @@ class ProcessPoolExecutor(Executor):
         self._retries = retries
         self._task_timeout = task_timeout
         self._backend: Any = None
+        self._demand: Callable[[], None] | None = None  # the backend's, if it starts workers
         self._shutdown_lock = threading.Lock()
         self._shutdown_thread = False
         self._finalizer: util.Finalize | None = None
@@ -116,8 +117,9 @@ class ProcessPoolExecutor(Executor):
 
             backend = make_backend(self._mp_context, self._max_workers, self._initializer,
                                    self._initargs, self._max_tasks_per_child,
-                                   name="ProcessPoolWorker")
+                                   name="ProcessPoolWorker", on_demand=True)
             self._backend = backend
+            self._demand = getattr(backend, "demand", None)
             self._finalizer = util.Finalize(self, _stop_backend, args=(backend,), exitpriority=15)
         return backend
 
@@ -137,7 +139,9 @@ class ProcessPoolExecutor(Executor):
                       timeout=self._task_timeout)
             backend.scheduler.submit(job)
             future._stop = (backend, job.id)
-            return future
+        if self._demand is not None:
+            self._demand()  # a worker it needs is started before submit returns (as the stdlib)
+        return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int | None = None,
@@ -191,7 +195,8 @@ class ProcessPoolExecutor(Executor):
         if backend is None:
             return
         if cancel_futures:
-            backend.scheduler.cancel_pending()
+            cancel = getattr(backend, "cancel_unstarted", None)
+            cancel() if cancel is not None else backend.scheduler.cancel_pending()
         backend.close()
         if wait:
             while not backend.join(0.25):

@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import util
-from ._engine.errors import RemoteTraceback, TaskTimeoutError, UnpicklableError
+from ._engine.errors import (
+    MaybeEncodingError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    UnpicklableError,
+)
 from ._engine.results import (
     ApplyResult,
     AsyncResult,
@@ -37,7 +42,8 @@ from .context import TimeoutError
 
 __all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",  # noqa: F822
            "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",
-           "ResultUnpicklingError", "UnpicklableError", "RemoteTraceback", "TimeoutError"]
+           "ResultUnpicklingError", "UnpicklableError", "MaybeEncodingError", "RemoteTraceback",
+           "TimeoutError"]
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _IMAP_WINDOW = 256  # base bound on tasks in flight + results not consumed, per imap call
@@ -263,7 +269,7 @@ class Pool:
             try:
                 import warnings
 
-                warnings.warn(f"unclosed running polyproc pool {self!r}", ResourceWarning,
+                warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
                               stacklevel=2)
                 self._backend.close()
             except Exception:  # e.g. at interpreter shutdown, when imports fail

@@ -57,13 +57,16 @@ class Backend(Protocol):
 
 
 def make_backend(ctx: Any, processes: int, initializer: Any = None, initargs: tuple = (),
-                 maxtasks: int | None = None, name: str = "PoolWorker") -> Backend:
-    """The backend for a pool or executor of context ``ctx``: the context's own if it has
-    one (``ctx._backend_factory``, e.g. the dask context), else local worker processes
-    started with ``ctx``'s start method and named ``name``-N."""
-    factory = getattr(ctx, "_backend_factory", None)
-    if factory is not None:
-        return factory(processes, initializer, initargs, maxtasks, name)
+                 maxtasks: int | None = None, name: str = "PoolWorker",
+                 on_demand: bool = False) -> Backend:
+    """The backend for a pool or executor of context ``ctx``: the context's own if its class
+    has one (``_backend_factory``, e.g. the dask context; looked up on the class, so any
+    other object with a ``Process``, say a mock, is a local context), else local worker
+    processes started with ``ctx``'s start method and named ``name``-N (``on_demand``: as
+    work needs them, the executor's rule)."""
+    if getattr(type(ctx), "_backend_factory", None) is not None:
+        return ctx._backend_factory(processes, initializer, initargs, maxtasks, name)
     from .local import LocalBackend
 
-    return LocalBackend(ctx, processes, initializer, initargs, maxtasks, name=name)
+    return LocalBackend(ctx, processes, initializer, initargs, maxtasks, name=name,
+                        on_demand=on_demand)

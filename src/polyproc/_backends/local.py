@@ -4,6 +4,9 @@ The dispatcher is a single selector loop over every worker's socket (results in,
 non-blocking both ways so neither side can block the other), every worker's sentinel (death)
 and a wakeup pipe (new work, consumed results, shutdown). A dead worker is just another event:
 the scheduler gives each task it held an outcome, and a replacement starts.
+
+A ``Pool`` starts all its workers when it is made; an executor (``on_demand``) one, then
+another only when a batch is waiting and every worker has all it can take (not under fork).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class LocalBackend:
 
     def __init__(self, ctx: Any, processes: int, initializer: Any = None,
                  initargs: tuple = (), maxtasksperchild: int | None = None,
-                 name: str = "PoolWorker") -> None:
+                 name: str = "PoolWorker", on_demand: bool = False) -> None:
         self.ctx = ctx
         self.n = processes
         self.initializer = initializer
@@ -92,6 +95,20 @@ class LocalBackend:
         method = ctx.get_start_method()
         self._fork = method == "fork"
         self._forkserver = method == "forkserver"
+        # Workers started as work needs them (the executor's, as the stdlib's): one now, more
+        # only when a batch is waiting and every worker has all it can take (see _fill).
+        # Not under fork, like the stdlib: forking later means forking a threaded process.
+        self._on_demand = on_demand and not self._fork
+        # On demand, how many workers the submits so far asked for, and how many tasks
+        # workers have finished that no submit has counted on yet (an idle worker each, as
+        # the stdlib reckons it); see demand().
+        self._wanted = 1
+        self._credits = 1  # the worker started first is idle
+        # Threads waiting for the dispatcher's next _fill (see _after_fill), and whether
+        # each wants what is still unsent cancelled then.
+        self._waiters: list[tuple[threading.Event, bool]] = []
+        self._waiters_lock = threading.Lock()
+        self._loop_done = False
         # Slots whose worker could not be started (out of fds, memory, processes): retried
         # with back-off; see _start_failed.
         self.starts = starts.StartRetry()
@@ -103,8 +120,7 @@ class LocalBackend:
             self.slots = Slots(processes)
             self.sel = selectors.DefaultSelector()
             self.sel.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
-            for slot in range(processes):
-                self._start_worker(slot)
+            self._start_workers(1 if self._on_demand else processes)
             self.thread = threading.Thread(target=self._run, name="polyproc-dispatcher",
                                            daemon=True)
             self.thread.start()
@@ -166,23 +182,93 @@ class LocalBackend:
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self.workers.values())]
 
+    def demand(self) -> None:
+        """After a submit (any thread): the stdlib's rule for starting workers. No worker
+        idle (no finished task left that an earlier submit did not count on) and fewer
+        than ``n``: one more, started by the dispatcher before this returns, as the
+        stdlib's ``submit()`` starts it itself. Free once every worker runs."""
+        if not self._on_demand or len(self.workers) >= self.n:
+            return
+        with self._waiters_lock:
+            if self._credits > 0:
+                self._credits -= 1
+                return
+            if self._wanted >= self.n:
+                return
+            self._wanted += 1
+        self._after_fill(cancel=False)
+
+    def cancel_unstarted(self) -> None:
+        """``shutdown(cancel_futures=True)``: cancel every task that has not started.
+
+        The dispatcher first hands each worker what it can take now (starting workers on
+        demand), as the stdlib's executor has by then moved tasks to its call queue: those
+        are running, and finish. Returns once the rest is cancelled.
+        """
+        if not self._after_fill(cancel=True):
+            self.scheduler.cancel_pending()  # no dispatcher (any more) to do it
+
+    def _after_fill(self, cancel: bool, timeout: float = 5.0) -> bool:
+        """Wait until the dispatcher has done a ``_fill`` (then, with ``cancel``, cancelled
+        the tasks still unsent). False if no dispatcher did (none runs, or we are it)."""
+        if threading.current_thread() is self.thread:
+            return False
+        done = threading.Event()
+        with self._waiters_lock:
+            if self._loop_done:
+                return False
+            self._waiters.append((done, cancel))
+        self.wakeup()
+        return done.wait(timeout)
+
+    def _answer_waiters(self, start: bool = True) -> None:
+        with self._waiters_lock:
+            waiting, self._waiters = self._waiters, []
+        if start and self._start_wanted():
+            self._fill()
+        if any(cancel for _, cancel in waiting):
+            self.scheduler.cancel_pending()
+        for done, _ in waiting:
+            done.set()
+
     # ---------------------------------------------------------------- workers
+
+    def _start_workers(self, n: int) -> None:
+        """Start the workers of slots ``0..n-1``: every process first, then watch them.
+
+        If one cannot start, those started are stopped again (nothing is left) and the error
+        propagates: the pool cannot be made. Processes come from ``ctx.Process``, whatever
+        the context is (as the stdlib's ``Pool(context=)``).
+        """
+        launched: list[tuple[int, Any, socket.socket]] = []
+        try:
+            for slot in range(n):
+                launched.append((slot, *self._launch(slot, [s.fileno() for *_, s in launched])))
+            while launched:
+                self._watch(*launched.pop(0))  # on error it stops its own worker
+        except BaseException:
+            starts.stop_unwatched([proc for _, proc, _ in launched], [s for *_, s in launched])
+            raise
 
     def _start_worker(self, slot: int) -> None:
         """Start the worker of ``slot``; on any error, nothing of it is left (fds, process)."""
+        self._watch(slot, *self._launch(slot))
+
+    def _launch(self, slot: int, extra_fds: list[int] | tuple = ()) -> tuple[Any, socket.socket]:
+        """Start the process of ``slot``: (process, our end of its socket). On any error,
+        nothing of it is left. ``extra_fds``: more fds of ours a forked worker must close."""
         sel = self.sel
         assert sel is not None and self.slots is not None
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = None
-        registered = []
         try:
             for sock in (parent_sock, child_sock):
-                _widen(sock)
+                starts.widen(sock)
             close_fds: tuple[int, ...] = ()
             if self._fork:
                 # A forked worker inherits every fd of ours; close the pool's private ones.
                 close_fds = (self._wake_r, self._wake_w, parent_sock.fileno(), sel.fileno(),
-                             *(w.sock.fileno() for w in self.workers.values()))
+                             *(w.sock.fileno() for w in self.workers.values()), *extra_fds)
             self.slots.reset(slot)
             proc = self.ctx.Process(
                 target=worker.main,
@@ -194,46 +280,100 @@ class LocalBackend:
             finally:
                 child_sock.close()
             parent_sock.setblocking(False)
+        except BaseException:
+            child_sock.close()
+            parent_sock.close()
+            if proc is not None and getattr(proc, "_popen", None) is not None:
+                starts.reap_now(proc)  # started: stop it again
+            raise
+        return proc, parent_sock
+
+    def _watch(self, slot: int, proc: Any, parent_sock: socket.socket) -> None:
+        """Make the started worker ``proc`` of ``slot`` one of the dispatcher's; on any
+        error it is stopped again and nothing of it is left."""
+        sel = self.sel
+        assert sel is not None
+        registered = []
+        try:
             w = WorkerHandle(slot, proc, parent_sock)
             for key, data in ((parent_sock, (_SOCK, w)), (proc.sentinel, (_SENTINEL, w))):
                 sel.register(key, selectors.EVENT_READ, data)  # epoll: ENOMEM, ENOSPC
                 registered.append(key)
         except BaseException:
-            child_sock.close()
             for key in registered:
                 sel.unregister(key)
             parent_sock.close()
-            if proc is not None and proc._popen is not None:  # started: stop it again
-                starts.reap_now(proc)
+            starts.reap_now(proc)
             raise
         self.workers[slot] = w
 
     def _fill(self) -> None:
-        """Give every worker with spare capacity a batch."""
+        """Give every worker with spare capacity a batch: first one to each idle worker; then
+        (on demand, up to ``n``) new workers for the batches left; then a second batch to
+        the workers that may take one (see _depth)."""
+        workers = [w for w in list(self.workers.values()) if not (w.dead or w.eof)]
+        for w in workers:
+            if not w.inflight and not self._feed(w, 1):
+                return  # no work left for now
         sched = self.scheduler
-        for w in list(self.workers.values()):
-            if w.dead or w.eof:
-                continue
-            while len(w.inflight) < self._depth(w):
-                limit = None
-                if self.maxtasks:
-                    limit = self.maxtasks - w.sent
-                    if limit <= 0:
-                        break
-                batch = sched.next_batch(w, limit)
-                if batch is None:
-                    return
-                try:
-                    message = sched.batch_message(batch, w.known_fids)
-                    payload, fds = wire.dumps(message)
-                except Exception as e:
-                    sched.unsendable(batch, e, wire.pickling_error)
-                    continue
-                learn_funcs(w.known_fids, message[1])  # only now: the worker gets them
-                w.inflight.append(batch)
-                w.sent += len(batch)
-                w.writer.push(payload, fds)
-                self._flush(w)
+        while (self._on_demand and len(self.workers) < self.n and not self.starts.slots
+               and not self._terminating):
+            # The batch first, the worker then: no worker is started for nothing.
+            batch = sched.next_batch(None, self.maxtasks)
+            if batch is None:
+                return
+            slot = min(set(range(self.n)) - self.workers.keys())
+            if not self._try_start(slot):  # retried later (_start_failed): run it elsewhere
+                sched.worker_lost([batch])
+                break
+            w = self.workers[slot]
+            self._send(w, batch)
+            workers.append(w)
+            with self._waiters_lock:
+                self._wanted = max(self._wanted, len(self.workers))
+        for w in workers:
+            if not self._feed(w):
+                return
+
+    def _start_wanted(self) -> bool:
+        """Start workers until there are as many as the submits asked for (see demand)."""
+        started = False
+        while (len(self.workers) < min(self._wanted, self.n) and not self.starts.slots
+               and not self._terminating and not (self._closing and self.scheduler.idle())):
+            if not self._try_start(min(set(range(self.n)) - self.workers.keys())):
+                break
+            started = True
+        return started
+
+    def _feed(self, w: WorkerHandle, depth: int = 2) -> bool:
+        """Send ``w`` batches until it has all it can take, at most ``depth`` (True), or
+        there is no work for it now (False)."""
+        sched = self.scheduler
+        while len(w.inflight) < min(depth, self._depth(w)):
+            limit = None
+            if self.maxtasks:
+                limit = self.maxtasks - w.sent
+                if limit <= 0:
+                    break
+            batch = sched.next_batch(w, limit)
+            if batch is None:
+                return False
+            self._send(w, batch)
+        return True
+
+    def _send(self, w: WorkerHandle, batch: Batch) -> None:
+        sched = self.scheduler
+        try:
+            message = sched.batch_message(batch, w.known_fids)
+            payload, fds = wire.dumps(message)
+        except Exception as e:
+            sched.unsendable(batch, e, wire.pickling_error)
+            return
+        learn_funcs(w.known_fids, message[1])  # only now: the worker gets them
+        w.inflight.append(batch)
+        w.sent += len(batch)
+        w.writer.push(payload, fds)
+        self._flush(w)
 
     def _depth(self, w: WorkerHandle) -> int:
         # A second batch queued behind the running one hides the round trip, but only pays
@@ -276,6 +416,9 @@ class LocalBackend:
             self.scheduler.fail_all(_errors.BrokenProcessPool(f"the pool's dispatcher failed: {e!r}"))
         finally:
             self._shutdown_workers()
+            with self._waiters_lock:
+                self._loop_done = True
+            self._answer_waiters(start=False)
 
     def _loop(self) -> None:
         sched = self.scheduler
@@ -285,6 +428,8 @@ class LocalBackend:
                 return
             if not self._closing or not sched.idle():
                 self._fill()
+            if self._waiters:
+                self._answer_waiters()
             # Checked again after _fill: it can finish the last job itself (a job learns that
             # its input is exhausted there), and nothing would wake us up after that.
             if self._closing and sched.idle():
@@ -375,6 +520,9 @@ class LocalBackend:
         if self._startup_failures or not _ERRORS_LOADED:
             self._startup_failures = 0
             _load_errors()
+        if self._on_demand and len(self.workers) < self.n:
+            with self._waiters_lock:
+                self._credits += len(values)  # so many workers were idle (stdlib's rule)
         self.scheduler.complete(batch_id, values, errors, elapsed, w.pid)
 
     def _on_death(self, w: WorkerHandle) -> None:
@@ -614,20 +762,6 @@ def _killed_error(why: str) -> BaseException:
 
     return WorkerLostError(f"the pool's workers were stopped by {why} while this task ran "
                            "on one of them; it did not finish")
-
-
-#: Socket buffer asked for each side of a worker's connection (the kernel caps it at
-#: ``net.core.wmem_max``): a batch or its results then fit in the socket, so neither side
-#: waits for the other to be scheduled to read a frame in pieces.
-SOCKET_BUFFER = 4 << 20
-
-
-def _widen(sock: socket.socket) -> None:
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        except OSError:
-            pass
 
 
 def wire_has_data(sock: socket.socket) -> bool:

@@ -3,7 +3,8 @@
 A replacement worker that cannot start is not a reason for the dispatcher (and so the pool) to
 fail: ``StartRetry`` keeps the slots without a worker and when to try them again (back-off from
 10 ms, doubling to 1 s, driven by the dispatcher's selector timeout); the helpers here say
-what ran out and what to do about it.
+what ran out and what to do about it. Also: stopping workers that started but cannot be
+used, and the socket buffer each worker's connection asks for.
 
 Nothing here imports a module on the failure path: out of fds, an import cannot open its file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -148,3 +150,38 @@ def reap_now(proc: Any) -> None:
             proc.close()
     except (OSError, ValueError, AssertionError):
         pass
+
+
+def stop_unwatched(procs: list[Any], socks: list[socket.socket]) -> None:
+    """Stop worker processes started by a pool that could not be made (none runs a task)."""
+    for sock in socks:
+        sock.close()
+    for proc in procs:
+        try:
+            proc.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    deadline = time.monotonic() + 5
+    for proc in procs:
+        try:
+            if not hasattr(proc, "sentinel"):
+                proc.join()  # a custom context's Process-like object, without a timeout
+                continue
+            proc.join(max(0.0, deadline - time.monotonic()))
+        except (OSError, ValueError, AssertionError):
+            pass
+        reap_now(proc)  # still running: killed; ended: closed
+
+
+#: Socket buffer asked for each side of a worker's connection (the kernel caps it at
+#: ``net.core.wmem_max``): a batch or its results then fit in the socket, so neither side
+#: waits for the other to be scheduled to read a frame in pieces.
+SOCKET_BUFFER = 4 << 20
+
+
+def widen(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass

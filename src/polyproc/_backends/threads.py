@@ -89,6 +89,9 @@ class ThreadBackend:
             if batch is not None:
                 values, errors, elapsed = _run(batch)
                 sched.complete(batch.id, values, errors, elapsed)
+                # Let go of the tasks' arguments and results now, not when the next batch
+                # comes: an idle thread would keep its last batch alive.
+                batch = values = errors = None
                 continue
             if self._closing and sched.idle():
                 self.wakeup()  # let the other threads see it too

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .broken import BrokenProcessPool, ResultUnpicklingError, WorkerLostError
 
 __all__ = ["WorkerLostError", "TaskTimeoutError", "BrokenProcessPool", "RemoteTraceback",
-           "UnpicklableError", "ResultUnpicklingError", "describe_exit"]
+           "UnpicklableError", "MaybeEncodingError", "ResultUnpicklingError", "describe_exit"]
 
 
 def __getattr__(name: str) -> object:
@@ -71,8 +71,24 @@ class UnpicklableError(ProcessError, pickle.PicklingError):
     """
 
 
+class MaybeEncodingError(UnpicklableError):
+    """A task's result (or exception) could not be pickled in the worker to send it back.
+
+    The stdlib ``multiprocessing.pool``'s name for it, with its attributes: ``exc`` and
+    ``value`` are the ``repr`` of the pickling error and of what could not be pickled. Also
+    an ``UnpicklableError`` and so a ``pickle.PicklingError`` (what the executor's callers
+    catch). Arguments that cannot be sent to a worker fail with a plain ``UnpicklableError``.
+    """
+
+    def __init__(self, message: str, exc: str | None = None, value: str | None = None) -> None:
+        super().__init__(message)
+        self.exc = exc
+        self.value = value
+
+
 # Shown (and pickled) under the names users import them by, as the stdlib shows its own.
 UnpicklableError.__module__ = "polyproc"
+MaybeEncodingError.__module__ = "polyproc.pool"
 RemoteTraceback.__module__ = "polyproc.pool"
 
 

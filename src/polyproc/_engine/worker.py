@@ -192,10 +192,11 @@ def _send_result(sock: Any, batch_id: int, values: list, errors: dict | None,
         try:
             payload, fds = wire.dumps((batch_id, values, errors, elapsed))
         except BaseException as e:  # each part pickles alone but not together: fail them all
-            from .errors import UnpicklableError
+            from .errors import MaybeEncodingError
 
-            err = _with_traceback(UnpicklableError(
-                f"the outcomes of this batch cannot be pickled together ({safe_str(e)})"))
+            err = _with_traceback(MaybeEncodingError(
+                f"the outcomes of this batch cannot be pickled together ({safe_str(e)})",
+                safe_repr(e), f"<the outcomes of {len(values)} task(s)>"))
             payload, fds = wire.dumps((batch_id, [None] * len(values),
                                        dict.fromkeys(range(len(values)), err), elapsed))
     wire.send(sock, payload, fds)
@@ -215,31 +216,47 @@ def _pickles(obj: Any, dumps: Any) -> BaseException | None:
 
 def isolate_unpicklable(values: list, errors: dict | None, dumps: Any,
                         peer: str = "parent") -> tuple[list, dict]:
-    """Replace each value that cannot be pickled by an ``UnpicklableError`` of its own.
+    """Replace each value that cannot be pickled by a ``MaybeEncodingError`` of its own
+    (an ``UnpicklableError``, the stdlib Pool's class for it).
 
     Called when a batch's outcomes do not pickle as a whole; ``errors`` (already passed
-    through ``check_errors``) gains one entry per such value.
+    through ``check_errors``) gains one entry per such value. A ``SystemExit`` (or other
+    non-``Exception``) raised while pickling is that task's outcome itself, as with the
+    stdlib's executor (and as when the task raises it).
     """
-    from .errors import UnpicklableError
+    from .errors import MaybeEncodingError
 
     errors = dict(errors or {})
     for pos, value in enumerate(values):
         e = _pickles(value, dumps)
-        if e is not None:
-            values[pos] = None
-            errors[pos] = _with_traceback(UnpicklableError(
-                f"the result {safe_repr(value)} cannot be pickled to send it to the {peer}: "
-                f"{type(e).__name__}: {safe_str(e)}"))
+        if e is None:
+            continue
+        values[pos] = None
+        if not isinstance(e, Exception) and _pickles(e, dumps) is None:
+            _note(e, f"(raised while pickling the result of this task to send it to the {peer})")
+            errors[pos] = _with_traceback(e)
+            continue
+        what = safe_repr(value)
+        errors[pos] = _with_traceback(MaybeEncodingError(
+            f"the result {what} cannot be pickled to send it to the {peer}: "
+            f"{type(e).__name__}: {safe_str(e)}", safe_repr(e), what))
     return values, errors
+
+
+def _note(exc: BaseException, note: str) -> None:
+    try:
+        exc.add_note(note)
+    except BaseException:
+        pass
 
 
 def check_errors(errors: dict, dumps: Any, peer: str = "parent") -> dict:
     """Replace each task exception that cannot make the trip to ``peer`` by one that can.
 
-    One that cannot be pickled becomes an ``UnpicklableError`` (a ``PicklingError``); one
-    that pickles but cannot be rebuilt (e.g. its ``__init__`` takes other arguments than it
-    passes on) a ``ResultUnpicklingError`` (a ``BrokenProcessPool``, as the stdlib's executor
-    reports it). Both name the original exception and carry its traceback. Nothing here
+    One that cannot be pickled becomes a ``MaybeEncodingError`` (an ``UnpicklableError``, a
+    ``PicklingError``); one that pickles but cannot be rebuilt (e.g. its ``__init__`` takes
+    other arguments than it passes on) a ``ResultUnpicklingError`` (a ``BrokenProcessPool``,
+    as the stdlib's executor reports it). Both name the original exception and carry its traceback. Nothing here
     calls a ``repr``/``str`` that could raise or recurse without bound.
     """
     for pos, err in list(errors.items()):
@@ -267,9 +284,10 @@ def check_errors(errors: dict, dumps: Any, peer: str = "parent") -> dict:
                 f"{what}; make the exception class picklable (e.g. pass every __init__ "
                 f"argument on to super().__init__). Its traceback:\n{tb}")
         else:
-            from .errors import UnpicklableError
+            from .errors import MaybeEncodingError
 
-            new = UnpicklableError(f"{what}. Its traceback:\n{tb}")
+            new = MaybeEncodingError(f"{what}. Its traceback:\n{tb}", safe_repr(problem),
+                                     safe_repr(exc))
         errors[pos] = _with_traceback(new)
     return errors
 
