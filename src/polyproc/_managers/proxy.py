@@ -469,7 +469,8 @@ class Conn:
         if limit is not None and len(data) > limit:
             raise ValueError(
                 f"request of {len(data)} bytes exceeds the max_message_size ({limit}) of "
-                f"the manager at {ep.address!r}")
+                f"the manager at {ep.address!r}; start the manager with a larger "
+                "max_message_size= (None: no limit) to send it")
         if ep.pending:
             self.send_decrefs([])
         chan = self.chan
