@@ -264,7 +264,10 @@ class Gate:
     def _forget(self, p: _Pending) -> None:
         self.pending.pop(p.sock.fileno(), None)
         if p.events and self._selector is not None:
-            self._selector.unregister(p.sock)
+            try:
+                self._selector.unregister(p.sock)
+            except (KeyError, ValueError, OSError):
+                pass  # not watched after all
             p.events = 0
 
     def _advance(self, p: _Pending) -> None:
@@ -278,10 +281,14 @@ class Gate:
         if events:
             if events != p.events:
                 assert self._selector is not None
-                if p.events:
-                    self._selector.modify(p.sock, events, p)
-                else:
-                    self._selector.register(p.sock, events, p)
+                try:
+                    if p.events:
+                        self._selector.modify(p.sock, events, p)
+                    else:
+                        self._selector.register(p.sock, events, p)
+                except (OSError, ValueError) as e:
+                    self._drop(p, f"cannot watch the connection: {_reason(e)}")
+                    return
                 p.events = events
             return
         self._forget(p)  # authenticated

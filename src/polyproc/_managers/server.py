@@ -179,9 +179,8 @@ class Server:
         """Serve until shut down.  ``watch_parent``: also stop when the parent process dies."""
         process.current_process()._manager_server = self  # type: ignore[attr-defined]
         try:
-            if self._closed:
-                raise OSError("the manager server is closed")
-            self._gate_thread = start_gate(self._gate)
+            if not self._closed:
+                self._gate_thread = start_gate(self._gate)
             if watch_parent:
                 threading.Thread(target=self._watch_parent, name="manager-parent-watch",
                                  daemon=True).start()
