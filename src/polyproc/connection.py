@@ -19,8 +19,10 @@ import time
 from . import reduction, util
 from ._managers.security import check_bind_address
 from ._wire import framing
+from ._wire.auth import HandshakeTimeout as HandshakeTimeout
 from ._wire.auth import answer_challenge as answer_challenge
 from ._wire.auth import deliver_challenge as deliver_challenge
+from ._wire.deadline import describe_peer, handshake
 from .context import AuthenticationError as AuthenticationError
 from .context import BufferTooShort as BufferTooShort
 
@@ -43,6 +45,10 @@ _read_frame = framing.read_frame
 _BadMessageLength = framing.BadMessageLength
 _POLLIN = select.POLLIN
 _MAX_POLL_MS = 2**31 - 1
+
+#: Default ``handshake_timeout`` of a :class:`Listener` (seconds for a client's whole
+#: authentication handshake, counted from ``accept``).
+HANDSHAKE_TIMEOUT = 10.0
 
 # Socket buffer size requested for Unix-domain connections (the kernel doubles it and caps it
 # at net.core.wmem_max).  When a whole message fits, the writer finishes in one system call
@@ -369,7 +375,8 @@ class Listener:
 
     ``address`` defaults to a fresh address of ``family`` (itself derived from
     ``address``, defaulting to ``'AF_UNIX'``).  With a non-empty ``authkey``, every
-    accepted connection must pass the mutual HMAC handshake before it is returned.
+    accepted connection must pass the mutual HMAC handshake before it is returned, all of
+    it within ``handshake_timeout`` seconds (polyproc addition; None: no deadline).
     A Unix socket's file is removed when the listener is closed.
     """
 
@@ -381,7 +388,10 @@ class Listener:
         authkey: bytes | None = None,
         *,
         allow_unauthenticated: bool = False,
+        handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
     ) -> None:
+        if handshake_timeout is not None and not handshake_timeout > 0:
+            raise ValueError("handshake_timeout must be a positive number of seconds or None")
         family = family or (address and address_type(address)) or default_family
         _validate_family(family)
         _check_authkey(authkey)
@@ -401,6 +411,7 @@ class Listener:
         self._socket: socket.socket | None = sock
         self._family = family
         self._authkey = authkey
+        self._handshake_timeout = handshake_timeout
         self._last_accepted: Any = None
         self._unlink: util.Finalize | None = None
         if family == "AF_UNIX" and not _is_abstract_unix_address(address):
@@ -408,21 +419,23 @@ class Listener:
 
     def accept(self) -> Connection:
         """Wait for a client, authenticate it if an authkey was given, and return the
-        connection."""
+        connection.
+
+        A client that fails the handshake raises ``AuthenticationError`` (and is
+        disconnected); one that has not finished it ``handshake_timeout`` seconds after
+        being accepted raises :class:`HandshakeTimeout`, an ``AuthenticationError`` that is
+        also a ``TimeoutError``.  The listener stays usable either way.
+        """
         sock = self._socket
         if sock is None:
             raise OSError("listener is closed")
         client, self._last_accepted = sock.accept()
         with client:
-            conn = _socket_connection(client)
-        if self._authkey:
-            try:
-                deliver_challenge(conn, self._authkey)
-                answer_challenge(conn, self._authkey)
-            except BaseException:
-                conn.close()
-                raise
-        return conn
+            if self._authkey:
+                peer = describe_peer(client, self._last_accepted)
+                handshake(client, self._authkey, server=True,
+                          timeout=self._handshake_timeout, peer=peer)
+            return _socket_connection(client)
 
     def close(self) -> None:
         """Close the listening socket (and remove its Unix socket file)."""

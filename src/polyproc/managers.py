@@ -13,7 +13,8 @@ compatible additions:
   exits when the process that started it dies.
 * Safe by default: a manager refuses to listen on a non-loopback address with an empty
   authkey (``allow_unauthenticated=True`` opts out); nothing a peer sends is unpickled
-  before it authenticates; ``max_message_size=`` caps an authenticated peer's messages;
+  before it authenticates, which it must do within ``handshake_timeout`` (a deadline for
+  the whole handshake); ``max_message_size=`` (default 1 GiB) caps a request;
   ``ssl_context=`` adds TLS.  See ``docs/security.md``.
 * Nested proxies keep their referents alive: a managed dict holding a managed list holds a
   real reference to it.
@@ -42,7 +43,15 @@ from ._managers.proxy import (
     dispatch,
 )
 from ._managers.security import check_bind_address, split_ssl_context
-from ._managers.server import Server, all_methods, public_methods, run_server_process
+from ._managers.server import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Server,
+    all_methods,
+    public_methods,
+    run_server_process,
+)
 from .context import ProcessError
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
@@ -57,6 +66,7 @@ __all__ = [
     "AcquirerProxy", "ConditionProxy", "EventProxy", "BarrierProxy", "NamespaceProxy",
     "ValueProxy", "ListProxy", "BaseListProxy", "DictProxy", "ArrayProxy", "PoolProxy",
     "BasePoolProxy", "State", "dispatch", "convert_to_error", "all_methods", "public_methods",
+    "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_HANDSHAKES",
 ]
 
 
@@ -95,9 +105,12 @@ class BaseManager:
     ``(host, port)`` pair.  ``authkey`` (default: this process's authkey) must be known by
     every client.  polyproc additions: ``ssl_context`` (an ``ssl.SSLContext``, a
     ``(server_context, client_context)`` pair, or a zero-argument callable returning one:
-    TLS on every connection), ``max_message_size`` (bytes; longer requests are refused and
+    TLS on every connection), ``max_message_size`` (bytes, default
+    ``DEFAULT_MAX_MESSAGE_SIZE`` = 1 GiB, None: no limit; longer requests are refused and
     the sender is disconnected), ``allow_unauthenticated`` (allow an empty authkey on a
-    non-loopback address), ``connect_timeout`` and ``handshake_timeout`` (seconds).
+    non-loopback address), ``connect_timeout`` and ``handshake_timeout`` (seconds; the
+    latter is a deadline for a peer's whole handshake), ``max_handshakes`` (unfinished
+    handshakes at once; the oldest is dropped beyond it).
     """
 
     _registry: dict[str, tuple[Any, ...]] = {}
@@ -112,10 +125,11 @@ class BaseManager:
         *,
         shutdown_timeout: float = 1.0,
         ssl_context: Any = None,
-        max_message_size: int | None = None,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         allow_unauthenticated: bool = False,
         connect_timeout: float | None = 20.0,
-        handshake_timeout: float | None = 10.0,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     ) -> None:
         if authkey is None:
             authkey = process.current_process().authkey
@@ -142,6 +156,7 @@ class BaseManager:
         self._allow_unauthenticated = allow_unauthenticated
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
+        self._max_handshakes = max_handshakes
         self._process: Any = None
         self._ep: _proxy.Endpoint | None = None
 
@@ -153,6 +168,7 @@ class BaseManager:
             "max_message_size": self._max_message_size,
             "allow_unauthenticated": self._allow_unauthenticated,
             "handshake_timeout": self._handshake_timeout,
+            "max_handshakes": self._max_handshakes,
         }
 
     def _endpoint(self) -> _proxy.Endpoint:

@@ -5,8 +5,8 @@ The frames are the stdlib ``multiprocessing.connection`` ones (4-byte big-endian
 :mod:`polyproc._wire.auth` runs unchanged over a :class:`Channel`, and a stdlib
 ``Client``/``Listener`` can authenticate against it.  Unlike ``Connection``, a channel owns
 its socket and reads ahead (up to 64 KiB per system call): a small reply costs one
-``recv``, not two.  It works over plain and TLS sockets alike and honours socket timeouts,
-which the handshake phase uses.
+``recv``, not two.  It works over plain and TLS sockets alike and honours socket timeouts.
+A long payload's buffer grows as its bytes arrive (never the announced length up front).
 
 :func:`open_channel` connects, optionally wraps TLS, and authenticates.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from .._wire import auth
-from .._wire.framing import BadMessageLength
+from .._wire.deadline import handshake
+from .._wire.framing import BadMessageLength, read_growing
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ class Channel:
 
     ``send_bytes``/``recv_bytes`` move whole messages.  ``recv_bytes(maxlength)`` raises
     :class:`BadMessageLength` for a longer message *before* reading or allocating its
-    payload (the stream is then out of step: close the channel).  Not safe for concurrent
+    payload (the stream is then out of step: close the channel).  A long payload is read
+    into a buffer that grows as its bytes arrive.  Not safe for concurrent
     use by several threads in the same direction.
     """
 
@@ -134,7 +135,7 @@ class Channel:
     # ---------------------------------------------------------------- receiving
 
     def recv_bytes(self, maxlength: int | None = None) -> Any:
-        """Receive one message (``bytes``; a ``bytearray`` for large ones).
+        """Receive one message (``bytes``; another bytes-like object for large ones).
 
         ``EOFError`` if the peer closed the stream between messages, ``OSError`` if it
         closed mid-message, :class:`BadMessageLength` if the message is longer than
@@ -205,17 +206,10 @@ class Channel:
             buf = self._fill(hlen + size)
             self._pos = hlen + size
             return buf[hlen : hlen + size]
-        out = bytearray(size)
-        out[:have] = buf[hlen:]
         self._buf, self._pos = b"", 0
-        view = memoryview(out)[have:]
-        recv_into = self._recv_into
-        while view:
-            n = recv_into(view)
-            if not n:
-                raise OSError("got end of file during message")
-            view = view[n:]
-        return out
+        # The buffer grows as the payload arrives: a header announcing gigabytes that are
+        # never sent costs what was sent, not the announced length.
+        return read_growing(self._recv_into, buf[hlen:], size)
 
 
 def open_channel(
@@ -228,8 +222,11 @@ def open_channel(
     """Connect to a manager server at ``address``, run TLS (if ``ssl_context``) and the HMAC
     handshake, and return the channel (blocking, no timeout).
 
-    ``timeout`` bounds connecting and the handshakes.  Failures raise ``OSError`` (refused,
-    unreachable, timed out), ``ssl.SSLError`` or :class:`~polyproc.AuthenticationError`.
+    ``timeout`` bounds connecting, then the TLS handshake, then the HMAC handshake: each
+    one as a whole (a server trickling bytes cannot stretch it).  Failures raise ``OSError``
+    (refused, unreachable, timed out), ``ssl.SSLError`` or
+    :class:`~polyproc.AuthenticationError` (:class:`~polyproc._wire.auth.HandshakeTimeout`
+    at the deadline).
     """
     sock = socket.socket(family_of(address), socket.SOCK_STREAM)
     try:
@@ -239,12 +236,10 @@ def open_channel(
         if ssl_context is not None:
             from .security import client_ssl_wrap
 
-            sock = client_ssl_wrap(ssl_context, sock, address)
-        chan = Channel(sock)
-        auth.answer_challenge(chan, authkey)
-        auth.deliver_challenge(chan, authkey)
-        sock.settimeout(None)
+            sock = client_ssl_wrap(ssl_context, sock, address)  # one deadline (CPython's)
+        handshake(sock, authkey, server=False, timeout=timeout,
+                  peer=f"the manager at {address!r}")
     except BaseException:
         sock.close()
         raise
-    return chan
+    return Channel(sock)

@@ -209,8 +209,12 @@ class Endpoint:
             return open_channel(self.address, bytes(self.authkey),
                                 ssl_context=self.client_ssl(), timeout=timeout)
         except AuthenticationError as e:
-            raise AuthenticationError(
-                f"authentication with the manager at {self.address!r} failed: {e}") from e
+            if not isinstance(e, TimeoutError):  # a HandshakeTimeout: the server is stuck
+                raise AuthenticationError(
+                    f"authentication with the manager at {self.address!r} failed: {e}") from e
+            raise ManagerConnectionError(
+                f"cannot connect to the manager at {self.address!r} (its handshake timed "
+                "out); is the manager process running and responsive?") from e
         except (OSError, EOFError) as e:
             what = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             raise ManagerConnectionError(
@@ -469,7 +473,8 @@ class Conn:
         if limit is not None and len(data) > limit:
             raise ValueError(
                 f"request of {len(data)} bytes exceeds the max_message_size ({limit}) of "
-                f"the manager at {ep.address!r}")
+                f"the manager at {ep.address!r}; start the manager with a larger "
+                "max_message_size= (None: no limit) to send it")
         if ep.pending:
             self.send_decrefs([])
         chan = self.chan

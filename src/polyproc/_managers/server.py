@@ -1,42 +1,49 @@
 """The manager server: owns the shared objects and runs the calls proxies send.
 
-One thread accepts connections; each connection gets its own thread, which first runs the
-TLS handshake (optional) and the HMAC handshake under a timeout, then serves requests until
-the client goes away.  A peer that fails before authentication is dropped with a logged
-reason and nothing it sent is unpickled; an authenticated peer may be held to
-``max_message_size``.  A bad peer never stops the server.
+One thread (the gate, :mod:`polyproc._managers.gate`) accepts connections and runs all their
+handshakes (TLS, optional, then HMAC) without blocking, each under a deadline for the whole
+handshake (``handshake_timeout``) and at most ``max_handshakes`` at once.  An authenticated
+connection gets its own thread, which serves requests until the client goes away, each
+request at most ``max_message_size`` bytes.  A peer that fails before authentication is
+dropped with a logged reason and nothing it sent is unpickled.  A bad peer never stops the
+server.
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
 import socket
-import struct
 import sys
 import threading
-import time
 import weakref
 
 from .. import process, util
-from .._wire import auth
 from . import proxy as _proxy
 from . import wire
-from .channel import BadMessageLength, Channel, family_of, tune_socket
-from .security import check_bind_address, server_ssl_wrap, split_ssl_context
+from .channel import BadMessageLength, Channel, family_of
+from .gate import DEFAULT_MAX_HANDSHAKES, Gate, start_gate
+from .security import check_bind_address, split_ssl_context
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Server", "logger", "all_methods", "public_methods"]
+__all__ = ["Server", "logger", "all_methods", "public_methods", "DEFAULT_MAX_MESSAGE_SIZE",
+           "DEFAULT_MAX_HANDSHAKES", "DEFAULT_HANDSHAKE_TIMEOUT"]
 
 #: Where the server reports dropped peers (``polyproc.log_to_stderr()`` shows them too).
 logger = logging.getLogger("polyproc.managers")
 
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Default ``max_message_size``: the longest request (bytes) a server accepts from an
+#: authenticated client.  ``None`` lifts the limit.  (Before authentication every message
+#: is at most ``polyproc._wire.auth.MAX_MESSAGE`` = 256 bytes.)
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
+
+#: Default ``handshake_timeout``: seconds a peer has, from connecting, to finish the whole
+#: handshake (TLS and HMAC).
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
 _live_servers: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -76,28 +83,6 @@ def format_exc() -> str:
     import traceback
 
     return traceback.format_exc()
-
-
-def _describe_peer(sock: socket.socket, peer: Any) -> str:
-    if sock.family == socket.AF_UNIX:
-        try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", creds)
-            return f"local peer pid {pid} uid {uid}"
-        except (OSError, AttributeError):
-            return "local peer"
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return repr(peer)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, EOFError):
-        return "closed the connection during the handshake"
-    if isinstance(exc, socket.timeout):
-        return "handshake timed out"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
 
 
 def _bind(address: Any, backlog: int) -> tuple[socket.socket, Any, str | None]:
@@ -143,10 +128,11 @@ class Server:
         serializer: str = "pickle",
         *,
         ssl_context: Any = None,
-        max_message_size: int | None = None,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         allow_unauthenticated: bool = False,
-        handshake_timeout: float | None = 10.0,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         backlog: int = 128,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
@@ -154,6 +140,10 @@ class Server:
             raise ValueError(f"unsupported serializer {serializer!r} (polyproc supports 'pickle')")
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes or None")
+        if handshake_timeout is not None and not handshake_timeout > 0:
+            raise ValueError("handshake_timeout must be a positive number of seconds or None")
+        if max_handshakes < 1:
+            raise ValueError("max_handshakes must be at least 1")
         check_bind_address(address, authkey, allow_unauthenticated=allow_unauthenticated,
                            what=f"manager server ({type(self).__name__})")
         self._ssl = split_ssl_context(ssl_context)[0]
@@ -165,7 +155,13 @@ class Server:
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
         self.id = os.urandom(8).hex()
+        self.max_handshakes = max_handshakes
         self._listener, self.address, self._unlink = _bind(address, backlog)
+        self._gate = Gate(self._listener, self.authkey, ssl_context=self._ssl,
+                          timeout=handshake_timeout, max_pending=max_handshakes,
+                          on_ready=self._start_serving, logger=logger,
+                          where=f"manager at {self.address!r}")
+        self._gate_thread: threading.Thread | None = None
         self.id_to_obj: dict[Any, tuple[Any, frozenset[str], Any]] = {}
         self.id_to_refcount: dict[Any, int] = {}
         self._ident_of: dict[int, Any] = {}  # id(obj) -> ident, while the entry lives
@@ -183,8 +179,8 @@ class Server:
         """Serve until shut down.  ``watch_parent``: also stop when the parent process dies."""
         process.current_process()._manager_server = self  # type: ignore[attr-defined]
         try:
-            threading.Thread(target=self._accept_loop, name="manager-accepter",
-                             daemon=True).start()
+            if not self._closed:
+                self._gate_thread = start_gate(self._gate)
             if watch_parent:
                 threading.Thread(target=self._watch_parent, name="manager-parent-watch",
                                  daemon=True).start()
@@ -206,12 +202,13 @@ class Server:
         if self._closed:
             return
         self._closed = True
-        sock = self._listener
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # wakes the accepter blocked in accept()
-        except OSError:
-            pass
-        sock.close()
+        self._gate.stop()
+        thread = self._gate_thread
+        if thread is None:
+            self._gate.discard()
+        elif thread is not threading.current_thread():
+            thread.join(5.0)
+        self._listener.close()
         if self._unlink:
             try:
                 os.unlink(self._unlink)
@@ -232,6 +229,7 @@ class Server:
         self._unlink = None  # the parent's socket file: not ours to remove
         self.stop_event = threading.Event()
         self._channels_lock = threading.Lock()
+        self._gate.discard()
         self._listener.close()
         for chan in list(self._channels):
             chan.close()
@@ -262,47 +260,14 @@ class Server:
         logger.info("manager at %r: parent process exited; shutting down", self.address)
         self.stop_event.set()
 
-    def _accept_loop(self) -> None:
-        sock = self._listener
-        while not self.stop_event.is_set():
-            try:
-                client, peer = sock.accept()
-            except OSError as e:
-                if self.stop_event.is_set() or self._closed:
-                    return
-                if e.errno in _RESOURCE_ERRNOS:
-                    logger.warning("manager at %r: accept failed (%s); retrying", self.address, e)
-                    time.sleep(0.1)
-                else:
-                    logger.info("manager at %r: accept failed: %s", self.address, e)
-                continue
-            try:
-                threading.Thread(target=self._handle_connection, args=(client, peer),
-                                 name="manager-conn", daemon=True).start()
-            except RuntimeError as e:  # can't start a thread
-                logger.warning("manager at %r: dropping %s: %s", self.address,
-                               _describe_peer(client, peer), e)
-                client.close()
-
     # ---------------------------------------------------------------- connections
 
-    def _handle_connection(self, sock: socket.socket, peer: Any) -> None:
-        name = _describe_peer(sock, peer)
-        try:
-            sock.settimeout(self.handshake_timeout)
-            tune_socket(sock)
-            if self._ssl is not None:
-                sock = server_ssl_wrap(self._ssl, sock)
-            chan = Channel(sock)
-            auth.deliver_challenge(chan, self.authkey)
-            auth.answer_challenge(chan, self.authkey)
-            sock.settimeout(None)
-        except Exception as e:
-            level = logging.INFO if isinstance(e, EOFError) else logging.WARNING
-            logger.log(level, "manager at %r: dropped %s before authentication: %s",
-                       self.address, name, _reason(e))
-            sock.close()
-            return
+    def _start_serving(self, sock: socket.socket, name: str) -> None:
+        """Called by the gate with an authenticated socket: serve it in a thread of its own."""
+        threading.Thread(target=self._handle_connection, args=(Channel(sock), name),
+                         name="manager-conn", daemon=True).start()
+
+    def _handle_connection(self, chan: Channel, name: str) -> None:
         with self._channels_lock:
             if self._closed:
                 chan.close()
@@ -335,8 +300,10 @@ class Server:
             except EOFError:
                 return
             except BadMessageLength as e:
-                logger.warning("manager at %r: dropped %s: %s (max_message_size=%s)",
-                               self.address, name, e, maxlen)
+                logger.warning("manager at %r: dropped %s: %s (max_message_size=%s: pass a "
+                               "larger max_message_size=, or None for no limit, to the "
+                               "manager to allow longer requests)", self.address, name, e,
+                               maxlen)
                 return
             except OSError as e:
                 if not self.stop_event.is_set():

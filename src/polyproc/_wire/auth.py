@@ -15,7 +15,10 @@ Two dialects exist:
 We deliver the dialect of the running interpreter (so its stdlib peer
 understands us), answer in whichever dialect the challenge uses, and accept
 either form of response.  Every handshake message is read with a small size
-cap and nothing is unpickled before authentication succeeds.
+cap (:data:`MAX_MESSAGE`) and nothing is unpickled before authentication succeeds.
+
+The steps are generators free of I/O (:func:`server_steps`, :func:`client_steps`), driven
+either over a blocking connection (:func:`run_steps`) or by a non-blocking server.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from .framing import BadMessageLength
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
+    from collections.abc import Generator
     from typing import Protocol
+
+    Steps = Generator[bytes | None, bytes | None, None]
 
     class _MessageConnection(Protocol):
         def send_bytes(self, buf: bytes) -> None: ...
@@ -37,7 +43,8 @@ if TYPE_CHECKING:
         def recv_bytes(self, maxlength: int | None = None) -> bytes: ...
 
 
-__all__ = ["MAX_MESSAGE", "answer_challenge", "deliver_challenge"]
+__all__ = ["MAX_MESSAGE", "HandshakeTimeout", "answer_challenge", "deliver_challenge",
+           "deliver_steps", "answer_steps", "server_steps", "client_steps", "run_steps"]
 
 CHALLENGE = b"#CHALLENGE#"
 WELCOME = b"#WELCOME#"
@@ -57,6 +64,14 @@ _MAX_DIGEST_NAME_LEN = max(map(len, _ALLOWED_DIGESTS))
 DEFAULT_DIGEST: str | None = "sha256" if sys.version_info >= (3, 12) else None
 
 
+class HandshakeTimeout(AuthenticationError, TimeoutError):
+    """The peer did not finish the authentication handshake before the deadline.
+
+    Both an :class:`~polyproc.AuthenticationError` (code that skips peers failing to
+    authenticate skips it too) and a ``TimeoutError``.
+    """
+
+
 def deliver_challenge(
     connection: _MessageConnection, authkey: bytes, digest_name: str | None = DEFAULT_DIGEST
 ) -> None:
@@ -66,25 +81,7 @@ def deliver_challenge(
     the response is wrong.  *digest_name* selects the modern dialect's hash;
     ``None`` sends a legacy challenge.
     """
-    _check_authkey(authkey)
-    if digest_name:
-        name = digest_name.encode("ascii")
-        if name not in _ALLOWED_DIGESTS:
-            raise ValueError(f"unsupported digest {digest_name!r}")
-        message = b"{%s}%s" % (name, os.urandom(_MODERN_NONCE_LEN))
-    else:
-        message = os.urandom(_LEGACY_NONCE_LEN)
-    connection.send_bytes(CHALLENGE + message)
-    response = _recv_handshake(connection)
-    try:
-        _verify_response(authkey, message, response)
-    except AuthenticationError:
-        try:
-            connection.send_bytes(FAILURE)
-        except OSError:
-            pass  # the peer is gone; the authentication failure is what matters
-        raise
-    connection.send_bytes(WELCOME)
+    run_steps(deliver_steps(authkey, digest_name), connection)
 
 
 def answer_challenge(connection: _MessageConnection, authkey: bytes) -> None:
@@ -93,17 +90,79 @@ def answer_challenge(connection: _MessageConnection, authkey: bytes) -> None:
     Raises :class:`~polyproc.AuthenticationError` if the message is not a
     challenge or the peer rejects our response.
     """
+    run_steps(answer_steps(authkey), connection)
+
+
+# The handshake as generators, free of I/O, so that a blocking connection (run_steps) and a
+# non-blocking server handling many peers in one thread (polyproc._managers.gate) share it.
+# A generator yields a message to send, or None to receive one, which is sent back into it.
+
+
+def deliver_steps(authkey: bytes, digest_name: str | None = DEFAULT_DIGEST) -> Steps:
+    """The challenger's side: challenge, check the response, welcome (or refuse)."""
     _check_authkey(authkey)
-    message = _recv_handshake(connection)
+    if digest_name:
+        name = digest_name.encode("ascii")
+        if name not in _ALLOWED_DIGESTS:
+            raise ValueError(f"unsupported digest {digest_name!r}")
+        message = b"{%s}%s" % (name, os.urandom(_MODERN_NONCE_LEN))
+    else:
+        message = os.urandom(_LEGACY_NONCE_LEN)
+    yield CHALLENGE + message
+    response = yield None
+    try:
+        _verify_response(authkey, message, response)
+    except AuthenticationError:
+        yield FAILURE  # sent on a best-effort basis: the peer may be gone
+        raise
+    yield WELCOME
+
+
+def answer_steps(authkey: bytes) -> Steps:
+    """The answering side: receive a challenge, answer it, expect a welcome."""
+    _check_authkey(authkey)
+    message = yield None
     if not message.startswith(CHALLENGE):
         raise AuthenticationError("protocol error: expected a challenge")
     message = message[len(CHALLENGE) :]
     if len(message) < _LEGACY_NONCE_LEN:
         raise AuthenticationError(f"challenge too short: {len(message)} bytes")
     digest_name = _split_digest(message)[0]
-    connection.send_bytes(_make_response(authkey, message, digest_name))
-    if _recv_handshake(connection) != WELCOME:
+    yield _make_response(authkey, message, digest_name)
+    if (yield None) != WELCOME:
         raise AuthenticationError("digest sent was rejected")
+
+
+def server_steps(authkey: bytes) -> Steps:
+    """A listener's whole handshake: challenge the peer, then answer its challenge."""
+    yield from deliver_steps(authkey)
+    yield from answer_steps(authkey)
+
+
+def client_steps(authkey: bytes) -> Steps:
+    """A client's whole handshake: answer the listener's challenge, then challenge it."""
+    yield from answer_steps(authkey)
+    yield from deliver_steps(authkey)
+
+
+def run_steps(steps: Steps, connection: _MessageConnection) -> None:
+    """Drive handshake *steps* over a blocking *connection*."""
+    received = None
+    while True:
+        try:
+            out = steps.send(received)
+        except StopIteration:
+            return
+        received = None
+        if out is None:
+            received = _recv_handshake(connection)
+        elif out is FAILURE:
+            try:
+                connection.send_bytes(out)
+            except OSError:
+                pass  # the peer is gone; the authentication failure is what matters
+        else:
+            connection.send_bytes(out)
 
 
 def _check_authkey(authkey: object) -> None:
