@@ -263,12 +263,13 @@ def verify() -> list[str]:
     if src and not os.path.abspath(polyproc.__file__).startswith(os.path.join(src, "")):
         problems.append(f"polyproc imported from {polyproc.__file__}, expected under {src}")
     import concurrent.futures as cf
-    import multiprocessing
-    import multiprocessing.pool
 
-    if multiprocessing is not polyproc or multiprocessing.Process is not polyproc.Process:
-        problems.append(f"multiprocessing is {multiprocessing!r}, not polyproc")
-    if multiprocessing.pool.Pool is not importlib.import_module("polyproc.pool").Pool:
+    # By name, through the alias hook: these must be polyproc's modules (checked here).
+    mp = importlib.import_module("multiprocessing")
+    mp_pool = importlib.import_module("multiprocessing.pool")
+    if mp is not polyproc or mp.Process is not polyproc.Process:
+        problems.append(f"multiprocessing is {mp!r}, not polyproc")
+    if mp_pool.Pool is not importlib.import_module("polyproc.pool").Pool:
         problems.append("multiprocessing.pool.Pool is not polyproc.pool.Pool")
     futures = importlib.import_module("polyproc.futures")
     if cf.ProcessPoolExecutor is not futures.ProcessPoolExecutor:

@@ -59,8 +59,11 @@ def _subprocess(flags: list[str], code: str, alarm: bool = True) -> dict[str, An
 def probes() -> list[tuple[str, bool, dict[str, Any]]]:
     """(where, required, report) for each kind of process; required ones must be clean."""
     import concurrent.futures as cf
-    import multiprocessing
-    import multiprocessing.managers
+    import importlib
+
+    # The aliased names (the hook is installed in this process): polyproc's modules.
+    multiprocessing = importlib.import_module("multiprocessing")
+    importlib.import_module("multiprocessing.managers")
 
     out: list[tuple[str, bool, dict[str, Any]]] = [("test process", True, report())]
     for method in ("fork", "spawn", "forkserver"):
