@@ -183,9 +183,8 @@ class ProcessPoolExecutor(Executor):
 
                 job.progress = make_progress(progress, total, "map")
             backend.scheduler.submit(job)
-        if buffersize is not None:
-            return _bounded_result_iterator(it, deadline)  # type: ignore[arg-type]
-        return _result_iterator(it, deadline)
+        return _result_iterator(it, deadline,
+                                None if buffersize is None else it.handed_out)  # type: ignore[attr-defined]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures`` cancel what has not started."""
@@ -323,7 +322,9 @@ if set(vars(Future())) != set(vars(_Future())):  # another Python's Future has o
     _Future = _StoppableFuture  # type: ignore[misc, assignment]
 
 
-def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
+def _result_iterator(it: IMapIterator, deadline: float | None,
+                     handed_out: Callable[[], None] | None = None) -> Iterator[Any]:
+    """``map``'s results in order; ``handed_out`` (buffersize) is told of each one yielded."""
     next_chunk = it._next_chunk
     try:
         while True:
@@ -335,35 +336,15 @@ def _result_iterator(it: IMapIterator, deadline: float | None) -> Iterator[Any]:
             except _ProcessTimeoutError:
                 raise TimeoutError from None
             # Each value is let go as it is handed out: a result the caller drops is freed.
-            if errors is None:
+            if errors is None and handed_out is None:
                 yield from draining(values)
                 continue
             values.reverse()
             for pos in range(len(values)):
-                if pos in errors:
-                    raise errors[pos]
-                yield values.pop()
-    finally:
-        it.close()
-
-
-def _bounded_result_iterator(it: BoundedIMapIterator, deadline: float | None) -> Iterator[Any]:
-    """As ``_result_iterator``, telling the job of every outcome handed out (buffersize)."""
-    next_chunk = it._next_chunk
-    try:
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            try:
-                values, errors = next_chunk(remaining)
-            except StopIteration:
-                return
-            except _ProcessTimeoutError:
-                raise TimeoutError from None
-            values.reverse()
-            for pos in range(len(values)):
                 if errors and pos in errors:
                     raise errors[pos]
-                it.handed_out()
+                if handed_out is not None:
+                    handed_out()
                 yield values.pop()
     finally:
         it.close()
