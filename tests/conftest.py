@@ -7,6 +7,9 @@
   outside the session maps or holds open is another program's (another test session run at
   the same time): it is neither reported nor unlinked.
 * Per test (opt-in): request the ``no_leaks`` fixture to check the same after that one test.
+* ``method`` / ``ctx``: a test that takes either runs once per start method (fork, spawn,
+  forkserver), ``ctx`` being ``polyproc.get_context(method)``. A module may define its own
+  (say module-scoped) ``method`` instead.
 
 Long-lived helper servers that live as long as their parent by design (the stdlib's and
 polyproc's forkserver, the stdlib's resource tracker) are not counted as leaks; the processes
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
+
+import polyproc
 
 #: Seconds leaked-looking children and /dev/shm entries get to go away before it counts.
 SESSION_GRACE = 10.0
@@ -182,3 +187,18 @@ def no_leaks() -> Iterator[None]:
     leaks = before.leaks(TEST_GRACE)
     if leaks:
         pytest.fail(_format("leak check after this test", leaks, TEST_GRACE), pytrace=False)
+
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+@pytest.fixture(params=START_METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    """Each start method in turn."""
+    return request.param
+
+
+@pytest.fixture
+def ctx(method: str) -> polyproc.context.BaseContext:
+    """The polyproc context of ``method``."""
+    return polyproc.get_context(method)

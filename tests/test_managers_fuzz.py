@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _log_records import Records
 from polyproc import connection
 from polyproc._managers.channel import Channel
 from polyproc._wire import auth
@@ -32,30 +33,11 @@ FUZZ = settings(max_examples=40, deadline=None, database=None,
                                        HealthCheck.too_slow])
 
 
-class _Records(logging.Handler):
-    """Collects the manager logger's records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.cond = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def wait_for_more_than(self, n: int, timeout: float = 10.0) -> list[logging.LogRecord]:
-        with self.cond:
-            self.cond.wait_for(lambda: len(self.records) > n, timeout)
-            return self.records[n:]
-
-
 @pytest.fixture(scope="module")
 def server():
     """A manager server in a thread of this process, its log records, and a check."""
     logger = logging.getLogger("polyproc.managers")
-    handler = _Records()
+    handler = Records()
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)

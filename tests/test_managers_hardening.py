@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 import polyproc
+from _log_records import Records
 from polyproc import connection
 from polyproc._managers.channel import Channel, open_channel
 from polyproc._wire import auth, framing
@@ -43,35 +44,12 @@ MiB = 1 << 20
 # ------------------------------------------------------------------ helpers
 
 
-class _Records(logging.Handler):
-    """Collects the ``polyproc.managers`` logger's records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.cond = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> list[str]:
-        """Wait until a message contains ``text``; return the messages that do."""
-        def found() -> list[str]:
-            return [m for m in (r.getMessage() for r in self.records) if text in m]
-
-        with self.cond:
-            self.cond.wait_for(found, timeout)
-            return found()
-
-
 @pytest.fixture
 def local_server():
     """Start a manager server in a thread of this process (its log records are visible);
     yields ``start(**options) -> (server, records)``."""
     logger = logging.getLogger("polyproc.managers")
-    handler = _Records()
+    handler = Records()
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)

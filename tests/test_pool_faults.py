@@ -37,16 +37,6 @@ TESTS = str(Path(__file__).resolve().parent)
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def ctx(method: str):  # noqa: ANN201
-    return polyproc.get_context(method)
-
-
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

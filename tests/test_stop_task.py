@@ -34,16 +34,6 @@ DEADLINE = 10.0  # a stopped task's outcome must arrive within this (measured: t
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-@pytest.fixture(params=METHODS)
-def method(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def ctx(method: str):  # noqa: ANN201
-    return polyproc.get_context(method)
-
-
 def _wait_until(pred, timeout: float = T) -> bool:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not pred():
