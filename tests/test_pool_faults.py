@@ -634,7 +634,7 @@ def test_imap_unordered_memory_stays_flat() -> None:
     assert count == n and total == n // 2
     # Bounded: the window (at most 4 batches of 4096 in flight or waiting) plus what the
     # iterator already moved to its consumer-side buffer (at most one more window).
-    from polyproc._engine.scheduler import MAX_UNKNOWN_CHUNK
+    from polyproc._engine.jobs import MAX_UNKNOWN_CHUNK
 
     assert ahead < 2 * 4 * MAX_UNKNOWN_CHUNK + 4096, f"the input was read {ahead} items ahead"
     assert (peak - base) / 1e6 < 50, f"RSS grew {(peak - base) / 1e6:.1f} MB"

@@ -28,8 +28,9 @@ from polyproc._backends.threads import ThreadBackend
 from polyproc._engine import scheduler as sched_mod
 from polyproc._engine.broken import WorkerLostError
 from polyproc._engine.errors import TaskTimeoutError
+from polyproc._engine.jobs import Culprit, Job
 from polyproc._engine.results import FutureSink, IMapIterator, ResultSink
-from polyproc._engine.scheduler import Culprit, Job, Scheduler, learn_funcs
+from polyproc._engine.scheduler import Scheduler, learn_funcs
 
 pytestmark = pytest.mark.timeout(30)
 

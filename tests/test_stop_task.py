@@ -24,8 +24,9 @@ import _pool_targets as pt
 import _stop_targets as st
 import polyproc
 import polyproc.futures as pf
+from polyproc._engine.jobs import Job
 from polyproc._engine.results import FutureSink, IMapUnorderedIterator
-from polyproc._engine.scheduler import Job, Scheduler
+from polyproc._engine.scheduler import Scheduler
 
 METHODS = ["fork", "spawn", "forkserver"]
 T = 60.0  # bound on waits that only fail when something is broken

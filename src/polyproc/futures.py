@@ -53,8 +53,8 @@ from ._engine.errors import (
     UnpicklableError,
     WorkerLostError,
 )
+from ._engine.jobs import Job
 from ._engine.results import BoundedIMapIterator, FutureSink, IMapIterator, draining
-from ._engine.scheduler import Job
 from .context import TimeoutError as _ProcessTimeoutError
 
 __all__ = [

@@ -29,6 +29,7 @@ from ._engine.errors import (
     TaskTimeoutError,
     UnpicklableError,
 )
+from ._engine.jobs import Job
 from ._engine.results import (
     ApplyResult,
     AsyncResult,
@@ -37,7 +38,6 @@ from ._engine.results import (
     MapResult,
     _ApplySink,
 )
-from ._engine.scheduler import Job
 from .context import TimeoutError
 
 __all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",  # noqa: F822

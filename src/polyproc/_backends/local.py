@@ -26,7 +26,8 @@ from .. import util
 from .._engine import errors as _errors
 from .._engine import wire, worker
 from .._engine.errors import describe_exit
-from .._engine.scheduler import Batch, Scheduler, learn_funcs
+from .._engine.jobs import Batch
+from .._engine.scheduler import Scheduler, learn_funcs
 from .._engine.slots import Slots
 from . import starts
 

@@ -10,7 +10,9 @@ import threading
 from typing import Any
 
 from .._engine import errors as _errors
-from .._engine.scheduler import MIXED, Batch, Scheduler
+from .._engine.jobs import Batch
+from .._engine.scheduler import Scheduler
+from .._engine.wire import MIXED
 from .._engine.worker import run_batch
 
 

@@ -22,6 +22,9 @@ HEADER = struct.Struct("!QI")
 OOB_THRESHOLD = 1 << 18  # 256 KiB: below this, copying through the socket is cheaper
 _MAX_FDS = 64
 _ANC_SPACE = socket.CMSG_SPACE(_MAX_FDS * 4)
+#: The function id of a batch whose tasks come from several jobs (a pack of single calls):
+#: each of its items is then ``(fid, args, kwargs)`` (see ``worker.run_batch``).
+MIXED = -1
 
 
 def dumps(obj: object) -> tuple[bytes, list[int]]:

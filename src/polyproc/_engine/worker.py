@@ -23,7 +23,7 @@ from typing import Any
 from . import wire
 from .slots import Slots
 
-MIXED = -1
+MIXED = wire.MIXED
 STOP = None
 
 

@@ -38,7 +38,8 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..._engine.errors import BrokenProcessPool
-from ..._engine.scheduler import Batch, Culprit, learn_funcs
+from ..._engine.jobs import Batch, Culprit
+from ..._engine.scheduler import learn_funcs
 from . import import_distributed
 from .pickling import dumps, pickling_error
 from .scatter import Entry, ScatterCache

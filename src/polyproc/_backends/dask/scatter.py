@@ -13,7 +13,7 @@ import collections
 import sys
 from typing import Any
 
-from ..._engine.scheduler import Batch, Job
+from ..._engine.jobs import Batch, Job
 
 #: Unused scattered objects kept per call (LRU) so an object repeated later is not re-sent.
 KEEP = 8
