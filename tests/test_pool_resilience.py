@@ -414,20 +414,25 @@ def test_process_outlives_its_fork_server(no_leaks) -> None:
 
 
 TRACKER_KILLED = """
-import os, sys, psutil
+import os, sys, time, psutil
 import polyproc
 from polyproc import shared_memory
 
 def tracker():
-    found = []
-    for p in psutil.Process().children():
-        try:
-            if 'polyproc._resources.tracker' in ' '.join(p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            pass
-    (p,) = found
-    return p
+    # A tracker just started may not have exec'd yet (its command line is still ours).
+    deadline = time.monotonic() + 30
+    while True:
+        found = []
+        for p in psutil.Process().children():
+            try:
+                if 'polyproc._resources.tracker' in ' '.join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        if len(found) == 1 or time.monotonic() > deadline:
+            (p,) = found
+            return p
+        time.sleep(0.01)
 
 if __name__ == '__main__':
     trigger = sys.argv[1]
