@@ -30,6 +30,72 @@ def set_spawning_popen(popen: Any) -> None:
         context.set_spawning_popen(popen)
 
 
+def stdlib_authkey() -> bytes | None:
+    """This process's authkey in the stdlib's eyes, if the program loaded the stdlib."""
+    process = stdlib_module("multiprocessing.process")
+    if process is None:
+        return None
+    try:
+        return bytes(process.current_process().authkey)
+    except Exception:
+        return None
+
+
+_parent_stdlib_authkey: bytes | None = None
+
+
+def adopt_parent_authkey(key: bytes | None) -> None:
+    """In a spawn/forkserver child: the parent's stdlib authkey, for ``use_parent_authkey``."""
+    global _parent_stdlib_authkey
+    _parent_stdlib_authkey = key
+    use_parent_authkey()
+
+
+def use_parent_authkey() -> None:
+    """Give the stdlib's current process the parent's stdlib authkey, as the stdlib's own
+    children have: the stdlib's fd passing (``reduction.DupFd``, e.g. PyTorch tensors sent
+    from a DataLoader worker) authenticates the parent with it. Called once the child has
+    imported what its process object needs; a no-op when the stdlib is not loaded."""
+    if _parent_stdlib_authkey is None:
+        return
+    process = stdlib_module("multiprocessing.process")
+    if process is not None:
+        try:
+            process.current_process().authkey = _parent_stdlib_authkey
+        except Exception:
+            pass
+
+
+_as_stdlib: dict[type, type] = {}
+
+
+def adopt_stdlib_context_base(contexts: Any) -> bool:
+    """Make polyproc's contexts instances of the stdlib's ``BaseContext`` too, once the
+    program has loaded it: libraries check ``isinstance(ctx, multiprocessing.context.
+    BaseContext)`` before they accept a context (PyTorch's DataLoader does). Each context's
+    class becomes a subclass of its own class and the stdlib's (polyproc's methods first:
+    polyproc defines every public name, so none of the stdlib's code runs). True once done
+    (False: the stdlib is not loaded, or it is polyproc's own under its name)."""
+    context = stdlib_module("multiprocessing.context")
+    base = getattr(context, "BaseContext", None)
+    if base is None:
+        return False
+    for ctx in contexts:
+        cls = type(ctx)
+        if isinstance(ctx, base):
+            continue
+        combined = _as_stdlib.get(cls)
+        if combined is None:
+            combined = _as_stdlib[cls] = type(cls.__name__, (cls, base), {
+                "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__})
+        try:
+            ctx.__class__ = combined
+        except TypeError:
+            pass  # a context class with another layout: left as it is
+    return True
+
+
 def extra_reducers() -> dict[type, Any]:
     """The reducers the stdlib registered (its connections, sockets, ...), if it is loaded."""
     reduction = stdlib_module("multiprocessing.reduction")

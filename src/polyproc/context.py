@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 
-from . import process, reduction
+from . import _stdlib_compat, process, reduction
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -225,6 +225,7 @@ class BaseContext:
         except KeyError:
             raise ValueError(f"cannot find context for {method!r}") from None
         ctx._check_available()
+        _adopt_stdlib_base()
         return ctx
 
     def get_start_method(self, allow_none: bool = False) -> str:
@@ -370,6 +371,7 @@ class DefaultContext(BaseContext):
         if method is None and not options:
             if self._actual_context is None:
                 self._actual_context = self._default_context
+            _adopt_stdlib_base()
             return self._actual_context
         return super().get_context(method, **options)
 
@@ -392,6 +394,21 @@ class DefaultContext(BaseContext):
 
 
 _default_context = DefaultContext(_concrete_contexts[_default_method()])
+
+
+def _adopt_stdlib_base() -> None:
+    """Once the program has loaded the stdlib's ``multiprocessing``, polyproc's contexts are
+    instances of its ``BaseContext`` too (libraries check it); see ``_stdlib_compat``."""
+    global _adopted
+    if not _adopted and "multiprocessing.context" in sys.modules:
+        _adopted = _stdlib_compat.adopt_stdlib_context_base((*_concrete_contexts.values(),
+                                                             _default_context))
+
+
+_adopted = False
+
+
+_adopt_stdlib_base()
 
 
 def _force_start_method(method: str) -> None:

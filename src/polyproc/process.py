@@ -298,6 +298,9 @@ class BaseProcess:
             finally:
                 del old_process
             util.info("child process calling self.run()")
+            from . import _stdlib_compat
+
+            _stdlib_compat.use_parent_authkey()  # its target may have loaded the stdlib
             self.run()
             exitcode = 0
         except SystemExit as e:

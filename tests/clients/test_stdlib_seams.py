@@ -8,7 +8,10 @@ import asyncio
 import concurrent.futures as cf
 import multiprocessing as stdlib_mp
 import multiprocessing.pool as stdlib_pool
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +45,27 @@ def test_stdlib_pools_refuse_a_polyproc_context_at_once(method: str) -> None:
     with pytest.raises(TypeError, match=r"polyproc\.Pool.*polyproc run"):
         stdlib_pool.Pool(2, context=ctx)
     assert time.monotonic() - t0 < 10
+
+
+def test_polyproc_contexts_are_stdlib_contexts_once_it_is_loaded() -> None:
+    # Libraries check isinstance(ctx, multiprocessing.context.BaseContext) (PyTorch does).
+    for ctx in (polyproc.get_context(), *map(polyproc.get_context, METHODS)):
+        assert isinstance(ctx, stdlib_mp.context.BaseContext)
+        assert isinstance(ctx, polyproc.context.BaseContext)
+        assert ctx.Process.__module__.startswith("polyproc")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_dataloader_takes_a_polyproc_context(method: str) -> None:
+    # Tensors from spawn/forkserver workers travel by the stdlib's fd passing (torch registers
+    # its reducers with the stdlib): the child has the parent's stdlib authkey for it.
+    pytest.importorskip("torch")
+    scripts = Path(__file__).parent / "scripts"
+    out = subprocess.run([sys.executable, "torch_dataloader_context.py", method],
+                         capture_output=True, text=True, timeout=240, cwd=scripts)
+    assert out.returncode == 0, out.stdout + out.stderr
+    want = [[float(i * i) for i in range(b, b + 4)] for b in range(0, 16, 4)]
+    assert out.stdout.strip().splitlines()[-1] == f"{method} {want} polyproc"
 
 
 @pytest.mark.parametrize("method", METHODS)

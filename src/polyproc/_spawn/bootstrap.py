@@ -40,6 +40,11 @@ def get_preparation_data(name: str, method: str, popen: Any = None) -> dict[str,
         "start_method": method,
         "log": util._logging_config(),
     }
+    from .. import _stdlib_compat
+
+    stdlib_key = _stdlib_compat.stdlib_authkey()
+    if stdlib_key is not None:
+        data["stdlib_authkey"] = stdlib_key
     if popen is not None:
         from .._resources import tracker
 
@@ -92,6 +97,10 @@ def prepare(data: dict[str, Any]) -> None:
         _fixup_main_from_name(data["init_main_from_name"])
     elif "init_main_from_path" in data:
         _fixup_main_from_path(data["init_main_from_path"])
+    if "stdlib_authkey" in data:
+        from .. import _stdlib_compat
+
+        _stdlib_compat.adopt_parent_authkey(data["stdlib_authkey"])
 
 
 def _install_main(globals_: dict[str, Any]) -> None:
