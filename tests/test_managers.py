@@ -20,7 +20,7 @@ import pytest
 
 import polyproc
 from _scripts import run_script
-from polyproc._managers import security
+from polyproc._wire import security
 from polyproc.managers import (
     BaseManager,
     BaseProxy,

@@ -17,14 +17,14 @@ import sys
 import time
 
 from . import reduction, util
-from ._managers.security import check_bind_address
+from ._exceptions import AuthenticationError as AuthenticationError
+from ._exceptions import BufferTooShort as BufferTooShort
 from ._wire import framing
 from ._wire.auth import HandshakeTimeout as HandshakeTimeout
 from ._wire.auth import answer_challenge as answer_challenge
 from ._wire.auth import deliver_challenge as deliver_challenge
 from ._wire.deadline import describe_peer, handshake
-from .context import AuthenticationError as AuthenticationError
-from .context import BufferTooShort as BufferTooShort
+from ._wire.security import check_bind_address
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from . import _stdlib_compat, process, reduction
+from ._exceptions import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+from ._spawning import assert_spawning, get_spawning_popen, set_spawning_popen
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -23,22 +24,6 @@ __all__ = [
     "ForkProcess", "SpawnProcess", "ForkServerProcess", "Process",
     "get_spawning_popen", "set_spawning_popen", "assert_spawning",
 ]
-
-
-class ProcessError(Exception):
-    """Base class of polyproc's errors."""
-
-
-class BufferTooShort(ProcessError):
-    """``recv_bytes_into`` got a buffer too small for the message (``args[0]`` holds it)."""
-
-
-class TimeoutError(ProcessError):  # noqa: A001 - the stdlib's name
-    """A result was not ready in time."""
-
-
-class AuthenticationError(ProcessError):
-    """A connection's authentication handshake failed."""
 
 
 _ALL_METHODS = ("fork", "spawn", "forkserver")
@@ -414,28 +399,3 @@ _adopt_stdlib_base()
 def _force_start_method(method: str) -> None:
     """In a child: make the default context use the method that started this process."""
     _default_context._actual_context = _concrete_contexts[method]
-
-
-# ---------------------------------------------------------------- spawning state
-
-_tls = threading.local()
-
-
-def get_spawning_popen() -> Any:
-    """The Popen currently pickling its process object (None outside process start)."""
-    return getattr(_tls, "spawning_popen", None)
-
-
-def set_spawning_popen(popen: Any) -> None:
-    _tls.spawning_popen = popen
-    from . import _stdlib_compat
-
-    _stdlib_compat.set_spawning_popen(popen)
-
-
-def assert_spawning(obj: Any) -> None:
-    """Raise unless ``obj`` is being pickled to start a process (inheritance only)."""
-    if get_spawning_popen() is None:
-        raise RuntimeError(
-            f"{type(obj).__name__} objects should only be shared between processes through inheritance"
-        )

@@ -55,7 +55,7 @@ from ._engine.errors import (
 )
 from ._engine.jobs import Job
 from ._engine.results import BoundedIMapIterator, FutureSink, IMapIterator, draining
-from .context import TimeoutError as _ProcessTimeoutError
+from ._exceptions import TimeoutError as _ProcessTimeoutError
 
 __all__ = [
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED", "CancelledError", "TimeoutError",

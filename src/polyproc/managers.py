@@ -30,6 +30,7 @@ import time
 import types
 
 from . import connection, process, reduction, util
+from ._exceptions import ProcessError
 from ._managers import proxy as _proxy
 from ._managers.proxy import (
     AutoProxy,
@@ -42,7 +43,6 @@ from ._managers.proxy import (
     convert_to_error,
     dispatch,
 )
-from ._managers.security import check_bind_address, split_ssl_context
 from ._managers.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_HANDSHAKES,
@@ -52,7 +52,7 @@ from ._managers.server import (
     public_methods,
     run_server_process,
 )
-from .context import ProcessError
+from ._wire.security import check_bind_address, split_ssl_context
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:

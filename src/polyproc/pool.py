@@ -38,7 +38,7 @@ from ._engine.results import (
     MapResult,
     _ApplySink,
 )
-from .context import TimeoutError
+from ._exceptions import TimeoutError
 
 __all__ = ["Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator",  # noqa: F822
            "IMapUnorderedIterator", "WorkerLostError", "TaskTimeoutError", "BrokenProcessPool",

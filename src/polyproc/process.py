@@ -61,7 +61,7 @@ class AuthenticationString(bytes):
     """The authkey: bytes that refuse to be pickled except when starting a process."""
 
     def __reduce__(self) -> Any:
-        from .context import get_spawning_popen
+        from ._spawning import get_spawning_popen
 
         if get_spawning_popen() is None:
             raise TypeError(

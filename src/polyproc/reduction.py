@@ -17,7 +17,7 @@ import pickle
 import socket
 import sys
 
-from . import _stdlib_compat, context
+from . import _spawning, _stdlib_compat
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ def DupFd(fd: int) -> Any:  # noqa: N802 - the stdlib's name
     While a process is being started the fd travels with it (inherited under spawn, passed
     with SCM_RIGHTS under forkserver); otherwise a per-process fd sharer hands it over.
     """
-    popen = context.get_spawning_popen()
+    popen = _spawning.get_spawning_popen()
     if popen is not None:
         return popen.DupFd(popen.duplicate_for_child(fd))
     from ._resources import fd_sharer

@@ -88,7 +88,7 @@ def stall_error(message: str, cause: BaseException) -> BaseException:
 
         err: BaseException = BrokenProcessPool(message)
     except Exception:
-        from ..context import ProcessError  # loaded with polyproc
+        from .._exceptions import ProcessError
 
         err = ProcessError(message)
     err.__cause__ = cause

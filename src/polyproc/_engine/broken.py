@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 from concurrent.futures import BrokenExecutor
 
-from ..context import ProcessError
+from .._exceptions import ProcessError
 from .errors import UnpicklableError
 
 __all__ = ["WorkerLostError", "BrokenProcessPool", "ResultUnpicklingError"]

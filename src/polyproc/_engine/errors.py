@@ -6,8 +6,8 @@ import builtins
 import pickle
 import signal
 
-from ..context import ProcessError
-from ..context import TimeoutError as _ProcessTimeoutError
+from .._exceptions import ProcessError
+from .._exceptions import TimeoutError as _ProcessTimeoutError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..context import TimeoutError as ProcessTimeoutError
+from .._exceptions import TimeoutError as ProcessTimeoutError
 
 __all__ = ["AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator",
            "FutureSink"]

@@ -234,7 +234,7 @@ def open_channel(
         sock.connect(address)
         tune_socket(sock)
         if ssl_context is not None:
-            from .security import client_ssl_wrap
+            from .._wire.security import client_ssl_wrap
 
             sock = client_ssl_wrap(ssl_context, sock, address)  # one deadline (CPython's)
         handshake(sock, authkey, server=False, timeout=timeout,

@@ -27,7 +27,8 @@ import threading
 import weakref
 
 from .. import process, util
-from ..context import AuthenticationError, get_spawning_popen
+from .._exceptions import AuthenticationError
+from .._spawning import get_spawning_popen
 from . import wire
 from .channel import open_channel
 
@@ -183,7 +184,7 @@ class Endpoint:
         if spec is None:
             return None
         if self._resolved_ssl is None:
-            from .security import split_ssl_context
+            from .._wire.security import split_ssl_context
 
             client = split_ssl_context(spec)[1]
             if client is None:

@@ -20,11 +20,11 @@ import threading
 import weakref
 
 from .. import process, util
+from .._wire.security import check_bind_address, split_ssl_context
 from . import proxy as _proxy
 from . import wire
 from .channel import BadMessageLength, Channel, family_of
 from .gate import DEFAULT_MAX_HANDSHAKES, Gate, start_gate
-from .security import check_bind_address, split_ssl_context
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:

@@ -108,9 +108,9 @@ class Arena:
             _arena_cache[self.ident] = self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from .. import context, reduction
+        from .. import _spawning, reduction
 
-        popen = context.get_spawning_popen()
+        popen = _spawning.get_spawning_popen()
         if popen is None:
             return _rebuild_arena, (self.size, self.ident, reduction.DupFd(self.fd))
         try:

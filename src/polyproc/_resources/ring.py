@@ -331,9 +331,9 @@ class Ring:
             raise
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from .. import context, reduction
+        from .. import _spawning, reduction
 
-        context.assert_spawning(self)
+        _spawning.assert_spawning(self)
         return _attach, (reduction.DupFd(self.fd), self.capacity)
 
     def __del__(self) -> None:

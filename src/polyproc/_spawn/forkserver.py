@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import context, reduction, util
+from .. import _spawning, reduction, util
 from ._popen import (
     PopenBase,
     after_fork_in_child,
@@ -244,13 +244,13 @@ class Popen(PopenBase):
 
     def _launch(self, process_obj: Any) -> None:
         check_not_importing_main(self.method)
-        context.set_spawning_popen(self)
+        _spawning.set_spawning_popen(self)
         try:
             prep = get_preparation_data(process_obj._name, self.method, self)
             prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
             obj_data = reduction.dumps(process_obj)
         finally:
-            context.set_spawning_popen(None)
+            _spawning.set_spawning_popen(None)
         for attempt in range(2):
             fds: list[int] = []
             std_fds: list[int] = []

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
-from .. import context, reduction, util
+from .. import _spawning, reduction, util
 from ._popen import PopenBase, check_not_importing_main, child_command, write_frames
 from ._popen import set_executable as set_executable
 from .bootstrap import get_preparation_data
@@ -38,13 +38,13 @@ class Popen(PopenBase):
 
     def _launch(self, process_obj: Any) -> None:
         check_not_importing_main(self.method)
-        context.set_spawning_popen(self)
+        _spawning.set_spawning_popen(self)
         try:
             prep = get_preparation_data(process_obj._name, self.method, self)
             prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
             obj_data = reduction.dumps(process_obj)
         finally:
-            context.set_spawning_popen(None)
+            _spawning.set_spawning_popen(None)
         parent_r, child_w = os.pipe()
         try:
             child_r, parent_w = os.pipe()

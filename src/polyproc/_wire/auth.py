@@ -27,7 +27,7 @@ import hmac
 import os
 import sys
 
-from ..context import AuthenticationError
+from .._exceptions import AuthenticationError
 from .framing import BadMessageLength
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
