@@ -60,6 +60,23 @@ def exit_forked_child(code: int) -> NoReturn:
         os._exit(code)
 
 
+def pickle_start_data(popen: Any, process_obj: Any) -> tuple[bytes, bytes]:
+    """What a fresh child (spawn, forkserver) is sent: its preparation data and its process
+    object, both pickled while ``popen`` is the spawning Popen (fds it holds travel along)."""
+    import pickle
+
+    from .. import _spawning, reduction
+    from .bootstrap import get_preparation_data
+
+    check_not_importing_main(popen.method)
+    _spawning.set_spawning_popen(popen)
+    try:
+        prep = get_preparation_data(process_obj._name, popen.method, popen)
+        return pickle.dumps(prep, pickle.HIGHEST_PROTOCOL), bytes(reduction.dumps(process_obj))
+    finally:
+        _spawning.set_spawning_popen(None)
+
+
 def wait_fd(fd: int, timeout: float | None) -> bool:
     """Whether ``fd`` becomes readable (or hung up) within ``timeout`` seconds."""
     poller = select.poll()

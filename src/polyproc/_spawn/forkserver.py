@@ -25,13 +25,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import _spawning, reduction, util
+from .. import util
 from ._popen import (
     PopenBase,
     after_fork_in_child,
-    check_not_importing_main,
     child_command,
     exit_forked_child,
+    pickle_start_data,
     wait_fd,
     write_frames,
 )
@@ -243,14 +243,7 @@ class Popen(PopenBase):
         return len(self._fds) - 1
 
     def _launch(self, process_obj: Any) -> None:
-        check_not_importing_main(self.method)
-        _spawning.set_spawning_popen(self)
-        try:
-            prep = get_preparation_data(process_obj._name, self.method, self)
-            prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
-            obj_data = reduction.dumps(process_obj)
-        finally:
-            _spawning.set_spawning_popen(None)
+        prep_data, obj_data = pickle_start_data(self, process_obj)
         for attempt in range(2):
             fds: list[int] = []
             std_fds: list[int] = []

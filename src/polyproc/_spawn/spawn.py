@@ -8,15 +8,18 @@ carries) inherited under the same numbers, then writes the data into the pipe.
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 from typing import Any
 
-from .. import _spawning, reduction, util
-from ._popen import PopenBase, check_not_importing_main, child_command, write_frames
+from .. import reduction, util
+from ._popen import (
+    PopenBase,
+    child_command,
+    pickle_start_data,
+    write_frames,
+)
 from ._popen import set_executable as set_executable
-from .bootstrap import get_preparation_data
 
 
 class Popen(PopenBase):
@@ -37,14 +40,7 @@ class Popen(PopenBase):
         return fd
 
     def _launch(self, process_obj: Any) -> None:
-        check_not_importing_main(self.method)
-        _spawning.set_spawning_popen(self)
-        try:
-            prep = get_preparation_data(process_obj._name, self.method, self)
-            prep_data = pickle.dumps(prep, pickle.HIGHEST_PROTOCOL)
-            obj_data = reduction.dumps(process_obj)
-        finally:
-            _spawning.set_spawning_popen(None)
+        prep_data, obj_data = pickle_start_data(self, process_obj)
         parent_r, child_w = os.pipe()
         try:
             child_r, parent_w = os.pipe()
