@@ -14,7 +14,7 @@ import time
 import pytest
 
 import polyproc
-from _xml_targets import VALUES, QueueClient, QueueManager, put_values
+from _xml_targets import QueueClient, QueueManager, put_values
 from polyproc._managers import wire, xmlwire
 from polyproc._managers.channel import open_channel
 from polyproc.managers import BaseManager, RemoteError, SyncManager
@@ -115,12 +115,15 @@ def test_sync_manager_types(xmgr):
     s = xmgr.set([1, 2])
     s.add(3)
     assert sorted(s) == [1, 2, 3] and 2 in s
-    assert sorted(s.copy()) == [1, 2, 3]  # a set comes back as a list
+    assert s.copy() == {1, 2, 3}  # sets travel as tagged structs: a set comes back
+    assert s | {4} == {1, 2, 3, 4} and {0} | s == {0, 1, 2, 3}
+    with pytest.raises(TypeError):
+        s | [4]  # set.__or__ returns NotImplemented for a list, which travels too
     ns = xmgr.Namespace(x=1)
     ns.y = datetime.datetime(2024, 5, 6, 7, 8, 9)
     assert ns.x == 1 and ns.y == datetime.datetime(2024, 5, 6, 7, 8, 9)
     with pytest.raises(AttributeError):
-        ns.nothing
+        _ = ns.nothing
     v = xmgr.Value("i", 2**40)
     assert v.value == 2**40
     q = xmgr.Queue()
@@ -248,7 +251,8 @@ def test_unknown_serializer_names_the_supported_ones():
 def test_codec_round_trips():
     codec = xmlwire.XmlCodec()
     for value in [0, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 10**40, 1.5, float("inf"),
-                  "", "tab\tlf\ncr\r<&>", b"\x00\xff", [], {}, {"k": None},
+                  "", "tab\tlf\ncr\r<&>", b"\x00\xff", [], {}, {"k": None}, {1, "a"},
+                  frozenset([2]), [{3}], slice(None, 5), NotImplemented,
                   datetime.datetime(2000, 1, 1, 0, 0, 1)]:
         kind, result = codec.load_reply(codec.reply(wire.RETURN, value))
         assert kind == wire.RETURN and result == value and type(result) is type(value)

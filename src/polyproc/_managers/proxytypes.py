@@ -227,6 +227,10 @@ class ListProxy(BaseListProxy):  # type: ignore[valid-type, misc]
         self._callmethod("__imul__", (value,))
         return self
 
+    def __reversed__(self) -> Any:
+        # iter(): with serializer='xmlrpclib' the reversed items come as a list
+        return iter(self._callmethod("__reversed__"))
+
     __class_getitem__ = classmethod(types.GenericAlias)
 
 
@@ -248,6 +252,10 @@ class DictProxy(_BaseDictProxy):  # type: ignore[valid-type, misc]
     def __ior__(self, value: Any) -> DictProxy:
         self._callmethod("__ior__", (value,))
         return self
+
+    def __reversed__(self) -> Any:
+        # iter(): with serializer='xmlrpclib' the reversed keys come as a list
+        return iter(self._callmethod("__reversed__"))
 
     __class_getitem__ = classmethod(types.GenericAlias)
 
