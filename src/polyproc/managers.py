@@ -18,6 +18,13 @@ compatible additions:
   ``ssl_context=`` adds TLS.  See ``docs/security.md``.
 * Nested proxies keep their referents alive: a managed dict holding a managed list holds a
   real reference to it.
+* ``serializer='xmlrpclib'`` sends XML-RPC instead of pickles, over the same authenticated,
+  size-limited connections (``docs/shared-state.md`` lists what it carries); such a server
+  never unpickles.
+* Python 3.14's proxy additions on every version: ``SyncManager.set()`` (``SetProxy``),
+  ``ListProxy.clear()``/``copy()``, ``DictProxy.fromkeys()``/``|``/``|=``/``reversed()``.
+* An unstarted manager raises :class:`ManagerNotStartedError` (a ``ProcessError`` and a
+  ``ValueError``) saying to call ``start()``.
 """
 
 from __future__ import annotations
@@ -125,8 +132,10 @@ class BaseManager:
 
     ``address`` is where the server listens: None for a new Unix socket, a path, or a
     ``(host, port)`` pair.  ``authkey`` (default: this process's authkey) must be known by
-    every client.  polyproc additions: ``ssl_context`` (an ``ssl.SSLContext``, a
-    ``(server_context, client_context)`` pair, or a zero-argument callable returning one:
+    every client.  ``serializer``: ``'pickle'`` (default) or ``'xmlrpclib'`` (every manager
+    object talking to one server must use the same).  polyproc additions: ``ssl_context``
+    (an ``ssl.SSLContext``, a ``(server_context, client_context)`` pair, or a zero-argument
+    callable returning one:
     TLS on every connection), ``max_message_size`` (bytes, default
     ``DEFAULT_MAX_MESSAGE_SIZE`` = 1 GiB, None: no limit; longer requests are refused and
     the sender is disconnected), ``allow_unauthenticated`` (allow an empty authkey on a
