@@ -38,3 +38,9 @@ def put_values(address: object, authkey: bytes) -> None:
     q = manager.get_queue()
     q.put(tuple(VALUES))
     del q
+
+
+def append_to(shared_list, value) -> None:
+    """Child: use a proxy of an xmlrpclib manager that was passed as an argument."""
+    shared_list.append(value)
+    shared_list.append(shared_list[:])

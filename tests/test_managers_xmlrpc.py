@@ -14,7 +14,7 @@ import time
 import pytest
 
 import polyproc
-from _xml_targets import QueueClient, QueueManager, put_values
+from _xml_targets import QueueClient, QueueManager, append_to, put_values
 from polyproc._managers import wire, xmlwire
 from polyproc._managers.channel import open_channel
 from polyproc.managers import BaseManager, RemoteError, SyncManager
@@ -67,6 +67,18 @@ def test_remote_client_in_a_child(ctx, no_leaks):
         del q
     finally:
         manager.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_proxy_passed_to_a_child(ctx, no_leaks):
+    with SyncManager(serializer="xmlrpclib", ctx=ctx) as m:
+        shared = m.list()
+        p = ctx.Process(target=append_to, args=(shared, "from child"))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        assert shared[:] == ["from child", ["from child"]]
+        del shared
 
 
 def test_rapid_restart_at_the_same_address(no_leaks):
