@@ -18,6 +18,13 @@ compatible additions:
   ``ssl_context=`` adds TLS.  See ``docs/security.md``.
 * Nested proxies keep their referents alive: a managed dict holding a managed list holds a
   real reference to it.
+* ``serializer='xmlrpclib'`` sends XML-RPC instead of pickles, over the same authenticated,
+  size-limited connections (``docs/shared-state.md`` lists what it carries); such a server
+  never unpickles.
+* Python 3.14's proxy additions on every version: ``SyncManager.set()`` (``SetProxy``),
+  ``ListProxy.clear()``/``copy()``, ``DictProxy.fromkeys()``/``|``/``|=``/``reversed()``.
+* An unstarted manager raises :class:`ManagerNotStartedError` (a ``ProcessError`` and a
+  ``ValueError``) saying to call ``start()``.
 """
 
 from __future__ import annotations
@@ -26,12 +33,11 @@ import os
 import queue
 import signal
 import threading
-import time
-import types
 
 from . import connection, process, reduction, util
 from ._exceptions import ProcessError
 from ._managers import proxy as _proxy
+from ._managers import wire as _wire
 from ._managers.proxy import (
     AutoProxy,
     BaseProxy,
@@ -42,6 +48,22 @@ from ._managers.proxy import (
     Token,
     convert_to_error,
     dispatch,
+)
+from ._managers.proxytypes import (
+    AcquirerProxy,
+    ArrayProxy,
+    BarrierProxy,
+    BaseListProxy,
+    BasePoolProxy,
+    ConditionProxy,
+    DictProxy,
+    EventProxy,
+    IteratorProxy,
+    ListProxy,
+    NamespaceProxy,
+    PoolProxy,
+    SetProxy,
+    ValueProxy,
 )
 from ._managers.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -67,6 +89,7 @@ __all__ = [
     "ValueProxy", "ListProxy", "BaseListProxy", "DictProxy", "ArrayProxy", "PoolProxy",
     "BasePoolProxy", "State", "dispatch", "convert_to_error", "all_methods", "public_methods",
     "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_HANDSHAKES",
+    "ManagerNotStartedError", "SetProxy",
 ]
 
 
@@ -78,6 +101,12 @@ def _rebuild_as_list(obj: Any) -> Any:
 for _view_type in (type({}.keys()), type({}.values()), type({}.items())):
     reduction.register(_view_type, _rebuild_as_list)
 del _view_type
+
+
+class ManagerNotStartedError(ProcessError, ValueError):
+    """A manager that is not started (or has shut down) was asked to create something.
+    Both a ``ProcessError`` and a ``ValueError`` (what the standard library's
+    ``SharedMemoryManager`` raises)."""
 
 
 class State:
@@ -103,8 +132,10 @@ class BaseManager:
 
     ``address`` is where the server listens: None for a new Unix socket, a path, or a
     ``(host, port)`` pair.  ``authkey`` (default: this process's authkey) must be known by
-    every client.  polyproc additions: ``ssl_context`` (an ``ssl.SSLContext``, a
-    ``(server_context, client_context)`` pair, or a zero-argument callable returning one:
+    every client.  ``serializer``: ``'pickle'`` (default) or ``'xmlrpclib'`` (every manager
+    object talking to one server must use the same).  polyproc additions: ``ssl_context``
+    (an ``ssl.SSLContext``, a ``(server_context, client_context)`` pair, or a zero-argument
+    callable returning one:
     TLS on every connection), ``max_message_size`` (bytes, default
     ``DEFAULT_MAX_MESSAGE_SIZE`` = 1 GiB, None: no limit; longer requests are refused and
     the sender is disconnected), ``allow_unauthenticated`` (allow an empty authkey on a
@@ -135,9 +166,7 @@ class BaseManager:
             authkey = process.current_process().authkey
         if not isinstance(authkey, bytes):
             raise TypeError(f"authkey should be a byte string, not {type(authkey).__name__}")
-        if serializer != "pickle":
-            raise ValueError(
-                f"unsupported serializer {serializer!r}: polyproc managers support 'pickle'")
+        _wire.check_serializer(serializer)
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes or None")
         self._address = address
@@ -174,7 +203,8 @@ class BaseManager:
     def _endpoint(self) -> _proxy.Endpoint:
         ep = self._ep
         if ep is None or ep.closed and self._state.value != State.SHUTDOWN:
-            ep = _proxy.new_endpoint(self._address, self._authkey, self._ssl_context)
+            ep = _proxy.new_endpoint(self._address, self._authkey, self._ssl_context,
+                                     self._serializer)
             ep.connect_timeout = self._connect_timeout
             self._ep = ep
         return ep
@@ -271,11 +301,18 @@ class BaseManager:
         The object starts with one reference, owned by the proxy the caller makes (see
         ``register``'s generated methods).
         """
-        if self._state.value != State.STARTED:
-            raise ProcessError("manager not started: call start() or connect() first")
+        self._check_started()
         ep = self._endpoint()
         ident, exposed = ep.call(None, "create", (typeid, *args), kwds)
         return Token(typeid, self._address, ident, ep.server_id), exposed
+
+    def _check_started(self) -> None:
+        if self._state.value != State.STARTED:
+            if self._state.value == State.SHUTDOWN:
+                raise ManagerNotStartedError(f"{type(self).__name__} has shut down")
+            raise ManagerNotStartedError(
+                f"{type(self).__name__} is not started: call start() first (or connect() to "
+                "a running manager server), or use the manager in a with block")
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the manager process (if this object started one) to exit."""
@@ -327,7 +364,8 @@ class BaseManager:
                 chan = ep.open_channel(max(shutdown_timeout, 1.0))
                 try:
                     chan.settimeout(max(shutdown_timeout, 1.0))
-                    chan.send_bytes(wire_dumps((None, "shutdown", (), {})))
+                    chan.send_bytes(_wire.new_codec(ep.serializer).request(
+                        None, "shutdown", (), {}))
                     chan.recv_bytes()
                 finally:
                     chan.close()
@@ -477,236 +515,7 @@ def _make_pool(*args: Any, **kwds: Any) -> Any:
 
 # ==================================================================== proxy types
 
-
-class IteratorProxy(BaseProxy):
-    """Proxy of an iterator or generator."""
-
-    _exposed_ = ("__next__", "send", "throw", "close")
-
-    def __iter__(self) -> IteratorProxy:
-        return self
-
-    def __next__(self, *args: Any) -> Any:
-        return self._callmethod("__next__", args)
-
-    def send(self, *args: Any) -> Any:
-        """Send a value into the generator."""
-        return self._callmethod("send", args)
-
-    def throw(self, *args: Any) -> Any:
-        """Raise an exception inside the generator."""
-        return self._callmethod("throw", args)
-
-    def close(self, *args: Any) -> Any:
-        """Close the generator."""
-        return self._callmethod("close", args)
-
-
-class AcquirerProxy(BaseProxy):
-    """Proxy of a lock or semaphore."""
-
-    _exposed_ = ("acquire", "release")
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Acquire (waiting up to ``timeout`` seconds if ``blocking``)."""
-        args = (blocking,) if timeout is None else (blocking, timeout)
-        return self._callmethod("acquire", args)
-
-    def release(self) -> None:
-        """Release."""
-        return self._callmethod("release")
-
-    def __enter__(self) -> bool:
-        return self._callmethod("acquire")
-
-    def __exit__(self, exc_type: object, exc_val: object, exc_tb: object) -> None:
-        return self._callmethod("release")
-
-
-class ConditionProxy(AcquirerProxy):
-    """Proxy of a condition variable."""
-
-    _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait to be notified (up to ``timeout`` seconds)."""
-        return self._callmethod("wait", (timeout,))
-
-    def notify(self, n: int = 1) -> None:
-        """Wake up ``n`` waiters."""
-        return self._callmethod("notify", (n,))
-
-    def notify_all(self) -> None:
-        """Wake up every waiter."""
-        return self._callmethod("notify_all")
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Wait until ``predicate()`` is true (up to ``timeout`` seconds); return its value."""
-        result = predicate()
-        if result:
-            return result
-        endtime = None if timeout is None else time.monotonic() + timeout
-        waittime = None
-        while not result:
-            if endtime is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
-
-
-class EventProxy(BaseProxy):
-    """Proxy of an event."""
-
-    _exposed_ = ("is_set", "set", "clear", "wait")
-
-    def is_set(self) -> bool:
-        """Whether the flag is set."""
-        return self._callmethod("is_set")
-
-    def set(self) -> None:
-        """Set the flag."""
-        return self._callmethod("set")
-
-    def clear(self) -> None:
-        """Clear the flag."""
-        return self._callmethod("clear")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the flag is set (up to ``timeout`` seconds)."""
-        return self._callmethod("wait", (timeout,))
-
-
-class BarrierProxy(BaseProxy):
-    """Proxy of a barrier."""
-
-    _exposed_ = ("__getattribute__", "wait", "abort", "reset")
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for all parties."""
-        return self._callmethod("wait", (timeout,))
-
-    def abort(self) -> None:
-        """Put the barrier into the broken state."""
-        return self._callmethod("abort")
-
-    def reset(self) -> None:
-        """Return the barrier to its initial state."""
-        return self._callmethod("reset")
-
-    @property
-    def parties(self) -> int:
-        """Number of parties needed."""
-        return self._callmethod("__getattribute__", ("parties",))
-
-    @property
-    def n_waiting(self) -> int:
-        """Number of parties waiting."""
-        return self._callmethod("__getattribute__", ("n_waiting",))
-
-    @property
-    def broken(self) -> bool:
-        """Whether the barrier is broken."""
-        return self._callmethod("__getattribute__", ("broken",))
-
-
-class NamespaceProxy(BaseProxy):
-    """Proxy of a namespace: attribute access is forwarded (names starting with ``_`` are
-    the proxy's own)."""
-
-    _exposed_ = ("__getattribute__", "__setattr__", "__delattr__")
-
-    def __getattr__(self, key: str) -> Any:
-        if key[0] == "_":
-            return object.__getattribute__(self, key)
-        callmethod = object.__getattribute__(self, "_callmethod")
-        return callmethod("__getattribute__", (key,))
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        if key[0] == "_":
-            return object.__setattr__(self, key, value)
-        callmethod = object.__getattribute__(self, "_callmethod")
-        return callmethod("__setattr__", (key, value))
-
-    def __delattr__(self, key: str) -> None:
-        if key[0] == "_":
-            return object.__delattr__(self, key)
-        callmethod = object.__getattribute__(self, "_callmethod")
-        return callmethod("__delattr__", (key,))
-
-
-class ValueProxy(BaseProxy):
-    """Proxy of a ``Value``."""
-
-    _exposed_ = ("get", "set")
-
-    def get(self) -> Any:
-        """The value."""
-        return self._callmethod("get")
-
-    def set(self, value: Any) -> None:
-        """Replace the value."""
-        return self._callmethod("set", (value,))
-
-    value = property(get, set)
-
-    __class_getitem__ = classmethod(types.GenericAlias)
-
-
-BaseListProxy = MakeProxyType("BaseListProxy", (
-    "__add__", "__contains__", "__delitem__", "__getitem__", "__len__",
-    "__mul__", "__reversed__", "__rmul__", "__setitem__",
-    "append", "count", "extend", "index", "insert", "pop", "remove",
-    "reverse", "sort", "__imul__",
-))
-
-
-class ListProxy(BaseListProxy):  # type: ignore[valid-type, misc]
-    """Proxy of a list."""
-
-    def __iadd__(self, value: Any) -> ListProxy:
-        self._callmethod("extend", (value,))
-        return self
-
-    def __imul__(self, value: Any) -> ListProxy:
-        self._callmethod("__imul__", (value,))
-        return self
-
-
-DictProxy = MakeProxyType("DictProxy", (
-    "__contains__", "__delitem__", "__getitem__", "__iter__", "__len__",
-    "__setitem__", "clear", "copy", "get", "items",
-    "keys", "pop", "popitem", "setdefault", "update", "values",
-))
-DictProxy._method_to_typeid_ = {"__iter__": "Iterator"}
-
-
-ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))
-
-
-BasePoolProxy = MakeProxyType("PoolProxy", (
-    "apply", "apply_async", "close", "imap", "imap_unordered", "join",
-    "map", "map_async", "starmap", "starmap_async", "terminate",
-))
-BasePoolProxy._method_to_typeid_ = {
-    "apply_async": "AsyncResult",
-    "map_async": "AsyncResult",
-    "starmap_async": "AsyncResult",
-    "imap": "Iterator",
-    "imap_unordered": "Iterator",
-}
-
-
-class PoolProxy(BasePoolProxy):  # type: ignore[valid-type, misc]
-    """Proxy of a process pool (``terminate()`` on leaving a ``with`` block)."""
-
-    def __enter__(self) -> PoolProxy:
-        return self
-
-    def __exit__(self, exc_type: object, exc_val: object, exc_tb: object) -> None:
-        self.terminate()
+# (defined in polyproc._managers.proxytypes, imported above)
 
 
 # ==================================================================== SyncManager
@@ -733,6 +542,7 @@ class SyncManager(BaseManager):
         def Pool(self, processes: int | None = None, *args: Any, **kwds: Any) -> PoolProxy: ...  # noqa: N802
         def list(self, sequence: Iterable[Any] = ()) -> Any: ...
         def dict(self, *args: Any, **kwds: Any) -> Any: ...
+        def set(self, iterable: Iterable[Any] = ()) -> SetProxy: ...
         def Value(self, typecode: Any, value: Any, lock: Any = True) -> ValueProxy: ...  # noqa: N802
         def Array(self, typecode: Any, sequence: Any, lock: Any = True) -> Any: ...  # noqa: N802
         def Namespace(self, **kwds: Any) -> NamespaceProxy: ...  # noqa: N802
@@ -750,6 +560,7 @@ SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
 SyncManager.register("Pool", _make_pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
+SyncManager.register("set", set, SetProxy)
 SyncManager.register("Value", Value, ValueProxy)
 SyncManager.register("Array", Array, ArrayProxy)
 SyncManager.register("Namespace", Namespace, NamespaceProxy)
@@ -868,8 +679,7 @@ class SharedMemoryManager(BaseManager):
         """A new ``SharedMemory`` block of ``size`` bytes, tracked by the manager."""
         from .shared_memory import SharedMemory
 
-        if self._state.value != State.STARTED:
-            raise ProcessError("manager not started: call start() or connect() first")
+        self._check_started()
         sms = SharedMemory(None, create=True, size=size)
         self._track(sms.name, sms.unlink)
         return sms
@@ -878,8 +688,7 @@ class SharedMemoryManager(BaseManager):
         """A new ``ShareableList`` holding ``sequence``, tracked by the manager."""
         from .shared_memory import ShareableList
 
-        if self._state.value != State.STARTED:
-            raise ProcessError("manager not started: call start() or connect() first")
+        self._check_started()
         sl = ShareableList(sequence)
         self._track(sl.shm.name, sl.shm.unlink)
         return sl

@@ -104,7 +104,12 @@ def dispatch(c: Any, id: Any, methodname: str, args: tuple[Any, ...] = (),  # no
     kind, result = c.recv()
     if kind == wire.RETURN:
         return result
-    raise convert_to_error(kind, result)
+    try:
+        raise convert_to_error(kind, result)
+    finally:
+        # The traceback holds this frame: a local naming the exception would keep it alive
+        # in a reference cycle (gh-106558).
+        del result
 
 
 # ==================================================================== server-side state
@@ -154,8 +159,10 @@ def _addr_key(address: Any) -> Any:
 class Endpoint:
     """What one process knows about one manager: address, key, TLS, its connections."""
 
-    def __init__(self, address: Any, authkey: bytes, ssl_context: Any = None) -> None:
+    def __init__(self, address: Any, authkey: bytes, ssl_context: Any = None,
+                 serializer: str = "pickle") -> None:
         self.address = address
+        self.serializer = serializer  # 'pickle' or 'xmlrpclib': the server's
         self.authkey = process.AuthenticationString(authkey)
         self.ssl_context = ssl_context  # client context, factory, or None
         self._resolved_ssl: Any = None
@@ -233,9 +240,11 @@ class Endpoint:
             conn = Conn(self, self.open_channel(self.connect_timeout))
             try:
                 info = conn.call(None, "hello", (name,), {})
-            except RemoteError:
-                self.legacy = True  # and that server has closed this connection
+            except RemoteError as e:
                 conn.chan.close()
+                if "serializer mismatch" in str(e):
+                    raise
+                self.legacy = True  # and that server has closed this connection
             except BaseException:
                 conn.chan.close()
                 raise
@@ -326,7 +335,7 @@ class Endpoint:
         try:
             chan.settimeout(timeout)
             if not self.legacy:
-                chan.send_bytes(wire._plain_dumps((wire.DECREF, ids), wire._PROTOCOL))
+                chan.send_bytes(wire.new_codec(self.serializer).decref(ids))
         except Exception:
             pass
         finally:
@@ -362,16 +371,20 @@ class Endpoint:
 
 
 def endpoint_for(address: Any, authkey: bytes | None = None, *, server_id: str | None = None,
-                 ssl_context: Any = None, manager: Any = None) -> Endpoint:
-    """The endpoint of this process for a manager (made on first use)."""
+                 ssl_context: Any = None, manager: Any = None,
+                 serializer: str | None = None) -> Endpoint:
+    """The endpoint of this process for a manager (made on first use).  ``authkey`` and
+    ``serializer`` (None: any) must match an existing endpoint's."""
     with _registry_lock:
         if server_id is not None:
             ep = _by_server.get(server_id)
-            if ep is not None and not ep.closed and (authkey is None or ep.authkey == authkey):
+            if (ep is not None and not ep.closed and (authkey is None or ep.authkey == authkey)
+                    and (serializer is None or ep.serializer == serializer)):
                 return ep
         key = _addr_key(address)
         ep = _by_address.get(key)
-        if ep is not None and not ep.closed and (authkey is None or ep.authkey == authkey):
+        if (ep is not None and not ep.closed and (authkey is None or ep.authkey == authkey)
+                and (serializer is None or ep.serializer == serializer)):
             if ssl_context is not None and ep.ssl_context is None:
                 ep.ssl_context = ssl_context
             return ep
@@ -379,16 +392,19 @@ def endpoint_for(address: Any, authkey: bytes | None = None, *, server_id: str |
             authkey = manager._authkey if manager is not None else process.current_process().authkey
         if ssl_context is None and ep is not None:
             ssl_context = ep.ssl_context
-        ep = Endpoint(address, authkey, ssl_context)
+        if serializer is None:
+            serializer = getattr(manager, "_serializer", None) or "pickle"
+        ep = Endpoint(address, authkey, ssl_context, serializer)
         if server_id is not None:
             ep.server_id = server_id
         _by_address[key] = ep
         return ep
 
 
-def new_endpoint(address: Any, authkey: bytes, ssl_context: Any = None) -> Endpoint:
+def new_endpoint(address: Any, authkey: bytes, ssl_context: Any = None,
+                 serializer: str = "pickle") -> Endpoint:
     """A fresh endpoint for a manager object (replacing any older one at that address)."""
-    ep = Endpoint(address, authkey, ssl_context)
+    ep = Endpoint(address, authkey, ssl_context, serializer)
     with _registry_lock:
         _by_address[_addr_key(address)] = ep
     return ep
@@ -416,13 +432,13 @@ def _flush_all_pending() -> None:
 class Conn:
     """One thread's connection to a manager."""
 
-    __slots__ = ("ep", "chan", "busy", "_dumper")
+    __slots__ = ("ep", "chan", "busy", "_codec")
 
     def __init__(self, ep: Endpoint, chan: Any) -> None:
         self.ep = ep
         self.chan = chan
         self.busy = False  # a request is on the wire: nothing else may be written or read
-        self._dumper = wire.Dumper()
+        self._codec = wire.new_codec(ep.serializer)
 
     def discard(self) -> None:
         """Close the connection and forget it (if it is this thread's)."""
@@ -453,7 +469,7 @@ class Conn:
             return
         self.busy = True
         try:
-            self.chan.send_bytes(wire._plain_dumps((wire.DECREF, ids), wire._PROTOCOL))
+            self.chan.send_bytes(self._codec.decref(ids))
         except BaseException as e:
             raise self._lost(e) from e
         finally:
@@ -468,7 +484,7 @@ class Conn:
         """
         if ident is None and not direct and self.ep.legacy:
             return self.ep.oneshot_call(methodname, args, kwds, manager, timeout)
-        data = self._dumper.request(ident, methodname, args, kwds)
+        data = self._codec.request(ident, methodname, args, kwds)
         ep = self.ep
         limit = ep.max_message_size
         if limit is not None and len(data) > limit:
@@ -496,12 +512,22 @@ class Conn:
             self.discard()
             raise
         self.busy = False
-        kind, result = wire.loads(reply)
+        try:
+            kind, result = self._codec.load_reply(reply)
+        except wire.WrongSerializer as e:
+            self.discard()
+            raise ValueError(f"the manager at {ep.address!r} replied in another format: "
+                             f"{e}") from None
         if kind == wire.RETURN:
             return result
         if kind == wire.PROXY:
             return _proxy_from_reply(ep, result, manager)
-        raise convert_to_error(kind, result)
+        try:
+            raise convert_to_error(kind, result)
+        finally:
+            # The traceback holds this frame: a local naming the exception would keep it
+            # alive in a reference cycle (gh-106558).
+            del result
 
 
 def _proxy_from_reply(ep: Endpoint, result: Any, manager: Any) -> Any:
@@ -518,8 +544,8 @@ def _proxy_from_reply(ep: Endpoint, result: Any, manager: Any) -> Any:
         proxytype = entry[-1] if entry else None
     if proxytype is None:
         proxytype = _proxytypes.get(token.typeid, AutoProxy)
-    proxy = proxytype(token, "pickle", manager=manager, authkey=ep.authkey, exposed=exposed,
-                      incref=False)
+    proxy = proxytype(token, ep.serializer, manager=manager, authkey=ep.authkey,
+                      exposed=exposed, incref=False)
     adopt_reference(proxy, ep, token.id)
     return proxy
 
@@ -564,7 +590,8 @@ class BaseProxy:
         self._local_server = serving_server() if manager_owned else None
         ssl_context = getattr(manager, "_ssl_context", None)
         ep = endpoint_for(token.address, authkey, server_id=token.server,
-                          ssl_context=ssl_context, manager=manager)
+                          ssl_context=ssl_context, manager=manager,
+                          serializer=serializer if serializer in wire.SERIALIZERS else None)
         if token.address != ep.address:
             token.address = ep.address  # the address this process knows the server by
         self._ep = ep
@@ -688,7 +715,8 @@ def RebuildProxy(func: Callable[..., Any], token: Token, serializer: str,  # noq
         kwds["manager_owned"] = True
     elif ssl_spec is not None:
         endpoint_for(token.address, kwds.get("authkey"), server_id=token.server,
-                     ssl_context=ssl_spec)
+                     ssl_context=ssl_spec,
+                     serializer=serializer if serializer in wire.SERIALIZERS else None)
     inheriting = getattr(process.current_process(), "_inheriting", False)
     incref = kwds.pop("incref", True) and not adopt and not inheriting
     proxy = func(token, serializer, incref=incref, **kwds)
@@ -792,7 +820,8 @@ def AutoProxy(token: Token, serializer: str, manager: Any = None,  # noqa: N802
     """A proxy whose methods are the referent's public methods (asked from the server if
     ``exposed`` is not given)."""
     if exposed is None:
-        ep = endpoint_for(token.address, authkey, server_id=token.server, manager=manager)
+        ep = endpoint_for(token.address, authkey, server_id=token.server, manager=manager,
+                          serializer=serializer if serializer in wire.SERIALIZERS else None)
         exposed = ep.call(None, "get_methods", (token,))
     if authkey is None and manager is not None:
         authkey = manager._authkey

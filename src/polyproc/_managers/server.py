@@ -94,6 +94,9 @@ def _bind(address: Any, backlog: int) -> tuple[socket.socket, Any, str | None]:
     family = family_of(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        # Blocking whatever socket.setdefaulttimeout() says (the gate makes it non-blocking
+        # itself; anything else using it must not inherit a process-wide timeout).
+        sock.setblocking(True)
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -136,8 +139,7 @@ class Server:
     ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
-        if serializer != "pickle":
-            raise ValueError(f"unsupported serializer {serializer!r} (polyproc supports 'pickle')")
+        self.serializer = wire.check_serializer(serializer)
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes or None")
         if handshake_timeout is not None and not handshake_timeout > 0:
@@ -162,6 +164,7 @@ class Server:
                           on_ready=self._start_serving, logger=logger,
                           where=f"manager at {self.address!r}")
         self._gate_thread: threading.Thread | None = None
+        self._accepting = True
         self.id_to_obj: dict[Any, tuple[Any, frozenset[str], Any]] = {}
         self.id_to_refcount: dict[Any, int] = {}
         self._ident_of: dict[int, Any] = {}  # id(obj) -> ident, while the entry lives
@@ -179,7 +182,7 @@ class Server:
         """Serve until shut down.  ``watch_parent``: also stop when the parent process dies."""
         process.current_process()._manager_server = self  # type: ignore[attr-defined]
         try:
-            if not self._closed:
+            if not self._closed and self._accepting:
                 self._gate_thread = start_gate(self._gate)
             if watch_parent:
                 threading.Thread(target=self._watch_parent, name="manager-parent-watch",
@@ -202,18 +205,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
-        self._gate.stop()
-        thread = self._gate_thread
-        if thread is None:
-            self._gate.discard()
-        elif thread is not threading.current_thread():
-            thread.join(5.0)
-        self._listener.close()
-        if self._unlink:
-            try:
-                os.unlink(self._unlink)
-            except OSError:
-                pass
+        self._close_listener()
         with self._channels_lock:
             channels = list(self._channels)
         for chan in channels:
@@ -286,11 +278,9 @@ class Server:
         """Run one authenticated client's requests until it disconnects."""
         recv = chan.recv_bytes
         send = chan.send_bytes
-        dumper = wire.Dumper()
-        plain_dumps = wire._plain_dumps
-        protocol = wire._PROTOCOL
-        is_plain = wire.is_plain
-        loads = wire.loads
+        codec = wire.new_codec(self.serializer)
+        encode = _pickle_replies(codec) if self.serializer == "pickle" else codec.reply
+        loads = codec.load_request
         id_to_obj = self.id_to_obj
         public = self.public
         maxlen = self.max_message_size
@@ -311,7 +301,11 @@ class Server:
                 return
             methodname = ident = None
             try:
-                request = loads(data)
+                try:
+                    request = loads(data)
+                except wire.WrongSerializer as e:
+                    self._refuse_serializer(chan, name, e)
+                    return
                 if len(request) == 2 and request[0] == wire.DECREF:
                     self._decref_many(request[1])
                     continue
@@ -351,16 +345,10 @@ class Server:
                                 kind = wire.PROXY
             except Exception:
                 result, kind = format_exc(), wire.TRACEBACK
-            if is_plain(result):
-                out = plain_dumps((kind, result), protocol)
-            else:
-                _proxy.set_responding(True)
-                try:
-                    out = dumper.dumps((kind, result))
-                except Exception:
-                    out = plain_dumps((wire.UNSERIALIZABLE, format_exc()), protocol)
-                finally:
-                    _proxy.set_responding(False)
+            try:
+                out = encode(kind, result)
+            except Exception:
+                out = encode(wire.UNSERIALIZABLE, format_exc())
             # Drop this request's objects before waiting for the next one: a referent
             # must not be kept alive by this thread after its last proxy is released.
             request = args = kwds = obj = result = None
@@ -372,6 +360,39 @@ class Server:
             if methodname == "shutdown" and ident is None and kind == wire.RETURN:
                 self.stop_event.set()
                 return
+
+    def _refuse_serializer(self, chan: Channel, name: str, exc: wire.WrongSerializer) -> None:
+        """Answer a message of the other serializer (in that serializer, so the client can
+        read why) and drop the connection."""
+        logger.warning("manager at %r: dropped %s: %s", self.address, name, exc)
+        text = (f"the manager at {self.address!r} uses serializer={self.serializer!r} but "
+                f"was sent a {exc.peer!r} message ({exc})\n")
+        try:
+            chan.send_bytes(wire.new_codec(exc.peer).reply(wire.TRACEBACK, text))
+        except OSError:
+            pass
+
+    @property
+    def listener(self) -> _ListenerView:
+        """The listening socket, seen as the stdlib's ``Listener``: its ``close()`` stops
+        accepting connections (those already made keep being served)."""
+        return _ListenerView(self)
+
+    def _close_listener(self) -> None:
+        self._accepting = False
+        self._gate.stop()
+        thread = self._gate_thread
+        if thread is None:
+            self._gate.discard()
+        elif thread is not threading.current_thread():
+            thread.join(5.0)
+        self._listener.close()
+        if self._unlink:
+            try:
+                os.unlink(self._unlink)
+            except OSError:
+                pass
+            self._unlink = None
 
     # ---------------------------------------------------------------- fallbacks
 
@@ -426,7 +447,8 @@ class Server:
 
     def get_methods(self, c: Any, token: Any) -> tuple[str, ...]:
         """The exposed method names of the object ``token`` refers to."""
-        return tuple(self.id_to_obj[token.id][1])
+        ident = token.get("id") if isinstance(token, dict) else token.id  # XML-RPC: a struct
+        return tuple(self.id_to_obj[ident][1])
 
     def create(self, c: Any, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Any, tuple[str, ...]]:
         """Create a shared object of ``typeid``; return ``(ident, exposed)``.
@@ -500,6 +522,48 @@ class Server:
                 self.decref(None, ident)
             except KeyError:
                 util.debug("decref of unknown id %r ignored", ident)
+
+
+def _pickle_replies(dumper: wire.Dumper) -> Any:
+    """The pickle codec's reply encoder for a server connection: plain results skip the
+    pickler; a proxy pickled into a reply hands the receiver a reference (see
+    ``BaseProxy.__reduce__``)."""
+    plain_dumps = wire._plain_dumps
+    protocol = wire._PROTOCOL
+    is_plain = wire.is_plain
+    dumps = dumper.dumps
+    set_responding = _proxy.set_responding
+
+    def encode(kind: str, result: Any) -> bytes:
+        if is_plain(result):
+            return plain_dumps((kind, result), protocol)
+        set_responding(True)
+        try:
+            return dumps((kind, result))
+        finally:
+            set_responding(False)
+
+    return encode
+
+
+class _ListenerView:
+    """``Server.listener``: what the stdlib's ``Listener`` offers that makes sense here."""
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    @property
+    def address(self) -> Any:
+        return self._server.address
+
+    def fileno(self) -> int:
+        return self._server._listener.fileno()
+
+    def close(self) -> None:
+        """Stop accepting connections (and remove a Unix socket's file)."""
+        self._server._close_listener()
 
 
 def run_server_process(server: Server, watch_parent: bool = True) -> None:

@@ -8,6 +8,12 @@ message that gets no reply: ``('#DECREF', [ident, ...])``.
 Pickling is the hot path of a proxy call, so a :class:`Dumper` reuses one pickler (with
 polyproc's reducers) per connection instead of building one per message, and messages made
 only of plain scalars skip even that.
+
+A manager's ``serializer`` picks the codec: ``'pickle'`` (a :class:`Dumper`) or
+``'xmlrpclib'`` (:class:`polyproc._managers.xmlwire.XmlCodec`).  Both offer ``request``,
+``reply``, ``decref``, ``load_request`` and ``load_reply``; :func:`new_codec` makes one.
+Each recognises the other's messages by their first byte (a pickle starts with ``0x80``,
+an XML-RPC document with ``<``) and raises :class:`WrongSerializer` instead of decoding them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["Dumper", "loads", "DECREF", "RETURN", "ERROR", "TRACEBACK", "UNSERIALIZABLE",
-           "PROXY"]
+           "PROXY", "SERIALIZERS", "WrongSerializer", "check_serializer", "new_codec"]
 
 RETURN = "#RETURN"
 ERROR = "#ERROR"
@@ -37,6 +43,52 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Types that pickle the same with or without polyproc's reducers.
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _FALLBACK_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
+#: The ``serializer=`` values managers accept.
+SERIALIZERS = ("pickle", "xmlrpclib")
+
+
+class WrongSerializer(ValueError):
+    """A manager message in the other serializer's format than the one expected.
+
+    ``expected`` is the receiver's serializer, ``peer`` the one the message was written
+    with."""
+
+    def __init__(self, expected: str, peer: str) -> None:
+        super().__init__(
+            f"serializer mismatch: got a {peer!r} message where {expected!r} ones were "
+            f"expected; give every manager object that talks to this server "
+            f"serializer={expected!r} (or start the server with serializer={peer!r})")
+        self.expected = expected
+        self.peer = peer
+
+
+def check_serializer(serializer: object) -> str:
+    """``serializer`` if managers support it, else ``ValueError`` saying which they do."""
+    if serializer not in SERIALIZERS:
+        raise ValueError(f"unsupported serializer {serializer!r}: polyproc managers support "
+                         "'pickle' and 'xmlrpclib'")
+    return serializer  # type: ignore[return-value]
+
+
+def new_codec(serializer: str) -> Any:
+    """A codec for ``serializer`` (a :class:`Dumper` per connection for pickle)."""
+    if serializer == "pickle":
+        return Dumper()
+    if serializer == "xmlrpclib":
+        from .xmlwire import XmlCodec
+
+        return XmlCodec()
+    check_serializer(serializer)
+    raise AssertionError(serializer)  # pragma: no cover
+
+
+def _load_pickle(data: Any) -> Any:
+    try:
+        return loads(data)
+    except Exception:
+        if bytes(data[:1]) == b"<":
+            raise WrongSerializer("pickle", "xmlrpclib") from None
+        raise
 
 
 def is_plain(obj: Any, _scalars: frozenset[type] = _SCALARS) -> bool:
@@ -56,6 +108,9 @@ class Dumper:
     """A reusable pickler with polyproc's reducers; not thread-safe (one per connection)."""
 
     __slots__ = ("_buf", "_pickler", "_table")
+    name = "pickle"
+    load_request = staticmethod(_load_pickle)
+    load_reply = staticmethod(_load_pickle)
 
     def __init__(self) -> None:
         self._buf = io.BytesIO()
@@ -103,3 +158,8 @@ class Dumper:
         if is_plain(result):
             return _plain_dumps((kind, result), _PROTOCOL)
         return self.dumps((kind, result))
+
+    @staticmethod
+    def decref(ids: list[Any]) -> bytes:
+        """Pickle the one-way message returning references to ``ids``."""
+        return _plain_dumps((DECREF, ids), _PROTOCOL)
