@@ -66,20 +66,28 @@ TSO). Semaphore and mutex operations are full barriers there.
 from __future__ import annotations
 
 import ctypes
-import errno
 import mmap
 import os
 import struct
-import threading
 import time
 from _multiprocessing import SemLock
+
+from .pshared import SLICE as _SLICE
+from .pshared import TSO as _TSO
+from .pshared import RobustMutex
+from .pshared import check as _check
+from .pshared import fence as _fence
+from .pshared import mutex_trylock as _mutex_trylock
+from .pshared import mutex_unlock as _mutex_unlock
+from .pshared import sem_init as _sem_init
+from .pshared import vp as _vp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["Ring", "RobustMutex", "PickledBytes", "DEFAULT_CAPACITY", "SEM_VALUE_MAX"]
+__all__ = ["Ring", "PickledBytes", "DEFAULT_CAPACITY", "SEM_VALUE_MAX"]
 
 SEM_VALUE_MAX = SemLock.SEM_VALUE_MAX
 _SEMAPHORE = 1  # SemLock kind
@@ -111,156 +119,8 @@ _WHOLE, _FIRST, _MIDDLE, _LAST, _WRAP = 0, 1, 2, 3, 4
 _COPY_LIMIT = 64 * 1024
 #: When the ring is empty and ``tail`` is past this offset, the next record starts again at 0.
 _RESTART_AT = 64 * 1024
-#: Longest single wait (seconds) before re-checking the ring, signals and dead peers.
-_SLICE = 0.1
 
 _HDR = struct.Struct("<QQQ")
-
-# ---------------------------------------------------------------- libc
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_vp = ctypes.c_void_p
-
-
-def _cfunc(name: str, *argtypes: Any) -> Any:
-    fn = getattr(_libc, name)
-    fn.argtypes = list(argtypes)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_pylibc = ctypes.PyDLL(None)
-
-
-def _fastfunc(name: str) -> Any:
-    """``int name(void *)`` called without releasing the GIL: for calls that never block,
-    this halves the cost of a ctypes call."""
-    return ctypes.PYFUNCTYPE(ctypes.c_int, _vp)((name, _pylibc))
-
-
-_mutex_trylock = _fastfunc("pthread_mutex_trylock")
-_mutex_unlock = _fastfunc("pthread_mutex_unlock")
-_mutex_consistent = _fastfunc("pthread_mutex_consistent")
-_mutex_timedlock = _cfunc("pthread_mutex_timedlock", _vp, ctypes.POINTER(_Timespec))  # blocks
-_mutex_init = _cfunc("pthread_mutex_init", _vp, _vp)
-_mutexattr_init = _cfunc("pthread_mutexattr_init", _vp)
-_mutexattr_setpshared = _cfunc("pthread_mutexattr_setpshared", _vp, ctypes.c_int)
-_mutexattr_setrobust = _cfunc("pthread_mutexattr_setrobust", _vp, ctypes.c_int)
-_mutexattr_destroy = _cfunc("pthread_mutexattr_destroy", _vp)
-_sem_init = _cfunc("sem_init", _vp, ctypes.c_int, ctypes.c_uint)
-
-_PTHREAD_PROCESS_SHARED = 1
-_PTHREAD_MUTEX_ROBUST = 1
-_EBUSY = errno.EBUSY
-_ETIMEDOUT = errno.ETIMEDOUT
-_EOWNERDEAD = errno.EOWNERDEAD
-
-#: The wake-up handshake (module doc) needs the commit store and the ``rwait`` load not to be
-#: reordered; mutex and lock operations are full barriers on x86 (TSO). Elsewhere writers
-#: post a token for every message, whether a reader sleeps or not.
-_TSO = os.uname().machine.lower() in ("x86_64", "amd64", "i386", "i686")
-
-_fence_lock = threading.Lock()
-
-
-def _reinit_fence_lock() -> None:
-    global _fence_lock
-    _fence_lock = threading.Lock()  # a fork child must not inherit it held by another thread
-
-
-os.register_at_fork(after_in_child=_reinit_fence_lock)
-
-
-def _fence() -> None:
-    """A full memory barrier (a locked instruction), for the wwait/head handshake."""
-    _fence_lock.acquire()
-    _fence_lock.release()
-
-
-class RobustMutex:
-    """A process-shared robust pthread mutex living in shared memory.
-
-    ``acquire`` returns True once the caller owns the mutex; if its previous owner died while
-    holding it, ``on_recover()`` runs first (the kernel hands the mutex over with EOWNERDEAD).
-    Waits are cut into slices so that signals are handled while waiting.
-    """
-
-    __slots__ = ("ptr", "_on_recover")
-
-    def __init__(self, address: int, on_recover: Callable[[], None]) -> None:
-        self.ptr = address
-        self._on_recover = on_recover
-
-    @staticmethod
-    def initialize(address: int) -> None:
-        """Make the memory at ``address`` an unlocked process-shared robust mutex."""
-        attr = ctypes.create_string_buffer(64)
-        _check(_mutexattr_init(attr))
-        try:
-            _check(_mutexattr_setpshared(attr, _PTHREAD_PROCESS_SHARED))
-            _check(_mutexattr_setrobust(attr, _PTHREAD_MUTEX_ROBUST))
-            _check(_mutex_init(_vp(address), attr))
-        finally:
-            _mutexattr_destroy(attr)
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Lock; False if not possible without blocking / within ``timeout`` seconds."""
-        r = _mutex_trylock(self.ptr)
-        if r == 0:
-            return True
-        return self.acquire_after(r, block, timeout)
-
-    def acquire_after(self, r: int, block: bool = True, timeout: float | None = None,
-                      give_up: Callable[[], bool] | None = None) -> bool:
-        """Slow path of ``acquire`` once a trylock returned ``r``.
-
-        ``give_up()``, if given, is asked between slices whether to stop waiting.
-        """
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        ts = _Timespec()
-        while True:
-            if r == 0:
-                return True
-            if r == _EOWNERDEAD:
-                _mutex_consistent(self.ptr)
-                try:
-                    self._on_recover()
-                except BaseException:
-                    _mutex_unlock(self.ptr)
-                    raise
-                return True
-            if r not in (_EBUSY, _ETIMEDOUT):
-                raise OSError(r, "pthread_mutex_lock: " + os.strerror(r))
-            if not block or (give_up is not None and give_up()):
-                return False
-            wait = _SLICE
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                wait = min(wait, remaining)
-            t = time.time() + wait
-            sec = int(t)
-            ts.tv_sec = sec
-            ts.tv_nsec = min(int((t - sec) * 1e9), 999_999_999)
-            r = _mutex_timedlock(self.ptr, ctypes.byref(ts))
-
-    def release(self) -> None:
-        """Unlock (the caller must own the mutex)."""
-        r = _mutex_unlock(self.ptr)
-        if r:
-            raise RuntimeError("releasing a queue lock not owned: " + os.strerror(r))
-
-
-def _check(r: int) -> None:
-    if r:
-        raise OSError(r, os.strerror(r))
-
 
 # ---------------------------------------------------------------- the ring
 
