@@ -9,7 +9,8 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 * A worker that dies fails only the tasks it held, with ``WorkerLostError`` (a
   ``BrokenExecutor``), instead of breaking the whole executor; ``retries=N`` runs such tasks
   again. ``task_timeout=`` stops a worker running an overdue task (``TaskTimeoutError``).
-* ``max_tasks_per_child`` works with every start method, fork included.
+* ``max_tasks_per_child`` with a fork context raises ``ValueError``, as in the stdlib (a new
+  worker would be forked from a process whose executor threads run); spawn is its default.
 * Futures cancelled by ``shutdown(cancel_futures=True)`` count as done for ``wait`` and
   ``as_completed`` (the stdlib's never do: they wait forever, CPython issue 109934).
 * ``future.terminate()`` stops one task, even a running one (its worker is killed and
@@ -93,10 +94,17 @@ class ProcessPoolExecutor(Executor):
             from .context import _default_context
 
             if max_tasks_per_child is not None:
-                # The stdlib's default here (a fork context is still accepted, unlike there).
-                mp_context = _default_context.get_context("spawn")
+                mp_context = _default_context.get_context("spawn")  # the stdlib's default
             else:
                 mp_context = _default_context.get_context()
+        elif max_tasks_per_child is not None and _start_method(mp_context) == "fork":
+            # As the stdlib: a replacement worker would be forked from this process while
+            # the executor's dispatcher thread (and any of the program's) runs.
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' start method: a new "
+                "worker would be forked from a process whose threads run, which is unsafe. "
+                "Pass mp_context=polyproc.get_context('spawn') (or 'forkserver'), or no "
+                "mp_context to get spawn.")
         self._mp_context = mp_context
         self._max_workers = max_workers
         self._initializer = initializer
@@ -348,6 +356,13 @@ def _result_iterator(it: IMapIterator, deadline: float | None,
                 yield values.pop()
     finally:
         it.close()
+
+
+def _start_method(ctx: Any) -> str | None:
+    try:
+        return ctx.get_start_method(allow_none=False)
+    except TypeError:  # a context-like object without allow_none
+        return ctx.get_start_method()
 
 
 def _stop_backend(backend: Any) -> None:
