@@ -298,6 +298,11 @@ def test_initializer(method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_max_tasks_per_child(method: str) -> None:
+    if method == "fork":  # refused, as in the stdlib: see test_futures_lifetime.py
+        with pytest.raises(ValueError, match="'fork'"):
+            pf.ProcessPoolExecutor(1, mp_context=polyproc.get_context(method),
+                                   max_tasks_per_child=1)
+        return
     with pf.ProcessPoolExecutor(1, mp_context=polyproc.get_context(method),
                                 max_tasks_per_child=1) as ex:
         pids = [ex.submit(t.getpid).result(T) for _ in range(3)]

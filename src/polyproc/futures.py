@@ -9,7 +9,10 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 * A worker that dies fails only the tasks it held, with ``WorkerLostError`` (a
   ``BrokenExecutor``), instead of breaking the whole executor; ``retries=N`` runs such tasks
   again. ``task_timeout=`` stops a worker running an overdue task (``TaskTimeoutError``).
-* ``max_tasks_per_child`` works with every start method, fork included.
+* ``max_tasks_per_child`` with a fork context raises ``ValueError``, as in the stdlib (a new
+  worker would be forked from a process whose executor threads run); spawn is its default.
+* An executor garbage collected without ``shutdown()`` finishes its submitted work, then its
+  thread and workers end, without blocking the collection (as the stdlib's).
 * Futures cancelled by ``shutdown(cancel_futures=True)`` count as done for ``wait`` and
   ``as_completed`` (the stdlib's never do: they wait forever, CPython issue 109934).
 * ``future.terminate()`` stops one task, even a running one (its worker is killed and
@@ -20,9 +23,11 @@ are real ``concurrent.futures.Future`` objects, so ``wait``, ``as_completed`` an
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
     ALL_COMPLETED,
@@ -93,10 +98,17 @@ class ProcessPoolExecutor(Executor):
             from .context import _default_context
 
             if max_tasks_per_child is not None:
-                # The stdlib's default here (a fork context is still accepted, unlike there).
-                mp_context = _default_context.get_context("spawn")
+                mp_context = _default_context.get_context("spawn")  # the stdlib's default
             else:
                 mp_context = _default_context.get_context()
+        elif max_tasks_per_child is not None and _start_method(mp_context) == "fork":
+            # As the stdlib: a replacement worker would be forked from this process while
+            # the executor's dispatcher thread (and any of the program's) runs.
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' start method: a new "
+                "worker would be forked from a process whose threads run, which is unsafe. "
+                "Pass mp_context=polyproc.get_context('spawn') (or 'forkserver'), or no "
+                "mp_context to get spawn.")
         self._mp_context = mp_context
         self._max_workers = max_workers
         self._initializer = initializer
@@ -120,7 +132,8 @@ class ProcessPoolExecutor(Executor):
                                    name="ProcessPoolWorker", on_demand=True)
             self._backend = backend
             self._demand = getattr(backend, "demand", None)
-            self._finalizer = util.Finalize(self, _stop_backend, args=(backend,), exitpriority=15)
+            self._finalizer = util.Finalize(self, _release_backend, args=(backend,),
+                                            exitpriority=15)
         return backend
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -350,6 +363,42 @@ def _result_iterator(it: IMapIterator, deadline: float | None,
         it.close()
 
 
-def _stop_backend(backend: Any) -> None:
+def _start_method(ctx: Any) -> str | None:
+    try:
+        return ctx.get_start_method(allow_none=False)
+    except TypeError:  # a context-like object without allow_none
+        return ctx.get_start_method()
+
+
+#: Backends of executors collected without ``shutdown()``: their dispatchers finish the work
+#: submitted and stop; the process waits for them at exit (as the stdlib joins its executors'
+#: threads). No lock: a collection can run these finalizers in a thread that holds any lock.
+_released: weakref.WeakSet[Any] = weakref.WeakSet()
+_exit_join_pid: int | None = None  # the process whose exit finalizer joins _released
+
+
+def _release_backend(backend: Any) -> None:
+    """An executor's finalizer: it was garbage collected, or the process exits, without
+    ``shutdown()``. The work submitted still runs (its futures get their outcomes), then the
+    dispatcher stops the workers and ends. A collection never waits for that: it can happen
+    in any thread at any allocation, the dispatcher's own included. At exit, waits up to 10 s.
+    """
+    global _exit_join_pid
     backend.close()
-    backend.join(10)
+    if util.is_exiting():
+        if threading.current_thread() is not backend.thread:
+            backend.join(10)
+        return
+    if not backend.thread.is_alive():  # shut down already
+        return
+    _released.add(backend)
+    if _exit_join_pid != os.getpid():  # a forked child starts without its parent's finalizers
+        _exit_join_pid = os.getpid()  # (two threads racing here register two: harmless)
+        util.Finalize(None, _join_released, exitpriority=15)
+
+
+def _join_released() -> None:
+    deadline = time.monotonic() + 10
+    for backend in list(_released):
+        if threading.current_thread() is not backend.thread:
+            backend.join(max(0.0, deadline - time.monotonic()))
