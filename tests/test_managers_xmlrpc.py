@@ -15,7 +15,8 @@ import pytest
 
 import polyproc
 from _xml_targets import QueueClient, QueueManager, append_to, put_values
-from polyproc._managers import wire, xmlwire
+from polyproc._managers import codec as mcodec
+from polyproc._managers import xmlcodec
 from polyproc._managers.channel import open_channel
 from polyproc.managers import BaseManager, RemoteError, SyncManager
 
@@ -247,7 +248,7 @@ def test_size_limit_is_kept(no_leaks):
         chan = open_channel(m.address, bytes(m._authkey), timeout=10)
         try:
             chan.settimeout(10)
-            chan.send_bytes(xmlwire.XmlCodec().request(None, "dummy", ("y" * 20_000,), {}))
+            chan.send_bytes(xmlcodec.XmlCodec().request(None, "dummy", ("y" * 20_000,), {}))
             with pytest.raises((EOFError, OSError)):
                 chan.recv_bytes()
         finally:
@@ -261,17 +262,17 @@ def test_unknown_serializer_names_the_supported_ones():
 
 
 def test_codec_round_trips():
-    codec = xmlwire.XmlCodec()
+    codec = xmlcodec.XmlCodec()
     for value in [0, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 10**40, 1.5, float("inf"),
                   "", "tab\tlf\ncr\r<&>", b"\x00\xff", [], {}, {"k": None}, {1, "a"},
                   frozenset([2]), [{3}], slice(None, 5), NotImplemented,
                   datetime.datetime(2000, 1, 1, 0, 0, 1)]:
-        kind, result = codec.load_reply(codec.reply(wire.RETURN, value))
-        assert kind == wire.RETURN and result == value and type(result) is type(value)
+        kind, result = codec.load_reply(codec.reply(mcodec.RETURN, value))
+        assert kind == mcodec.RETURN and result == value and type(result) is type(value)
     ident, name, args, kwds = codec.load_request(
         codec.request(7, "__getitem__", (slice(1, None, 2),), {"x": (1,)}))
     assert (ident, name, args, kwds) == (7, "__getitem__", [slice(1, None, 2)], {"x": [1]})
-    with pytest.raises(wire.WrongSerializer):
+    with pytest.raises(mcodec.WrongSerializer):
         codec.load_reply(pickle.dumps(("#RETURN", 1)))
-    with pytest.raises(wire.WrongSerializer):
-        wire.Dumper().load_reply(codec.reply(wire.RETURN, 1))
+    with pytest.raises(mcodec.WrongSerializer):
+        mcodec.Dumper().load_reply(codec.reply(mcodec.RETURN, 1))

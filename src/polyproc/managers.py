@@ -36,8 +36,8 @@ import threading
 
 from . import connection, process, reduction, util
 from ._exceptions import ProcessError
+from ._managers import codec as _codec
 from ._managers import proxy as _proxy
-from ._managers import wire as _wire
 from ._managers.proxy import (
     AutoProxy,
     BaseProxy,
@@ -166,7 +166,7 @@ class BaseManager:
             authkey = process.current_process().authkey
         if not isinstance(authkey, bytes):
             raise TypeError(f"authkey should be a byte string, not {type(authkey).__name__}")
-        _wire.check_serializer(serializer)
+        _codec.check_serializer(serializer)
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes or None")
         self._address = address
@@ -364,7 +364,7 @@ class BaseManager:
                 chan = ep.open_channel(max(shutdown_timeout, 1.0))
                 try:
                     chan.settimeout(max(shutdown_timeout, 1.0))
-                    chan.send_bytes(_wire.new_codec(ep.serializer).request(
+                    chan.send_bytes(_codec.new_codec(ep.serializer).request(
                         None, "shutdown", (), {}))
                     chan.recv_bytes()
                 finally:

@@ -29,7 +29,7 @@ import weakref
 from .. import process, util
 from .._exceptions import AuthenticationError
 from .._spawning import get_spawning_popen
-from . import wire
+from . import codec as _codec
 from .channel import open_channel
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
@@ -84,13 +84,13 @@ class ManagerConnectionError(ConnectionError, EOFError):
 
 def convert_to_error(kind: str, result: Any) -> BaseException:
     """The exception a reply of kind ``kind`` stands for."""
-    if kind == wire.ERROR:
+    if kind == _codec.ERROR:
         return result
-    if kind in (wire.TRACEBACK, wire.UNSERIALIZABLE):
+    if kind in (_codec.TRACEBACK, _codec.UNSERIALIZABLE):
         if not isinstance(result, str):
             raise TypeError(
                 f"Result {result!r} (kind '{kind}') type is {type(result)}, not str")
-        if kind == wire.UNSERIALIZABLE:
+        if kind == _codec.UNSERIALIZABLE:
             return RemoteError(f"Unserializable message: {result}\n")
         return RemoteError(result)
     return ValueError(f"Unrecognized message type {kind!r}")
@@ -102,7 +102,7 @@ def dispatch(c: Any, id: Any, methodname: str, args: tuple[Any, ...] = (),  # no
     the result (the stdlib's helper; polyproc's proxies use their own connections)."""
     c.send((id, methodname, args, kwds or {}))
     kind, result = c.recv()
-    if kind == wire.RETURN:
+    if kind == _codec.RETURN:
         return result
     try:
         raise convert_to_error(kind, result)
@@ -335,7 +335,7 @@ class Endpoint:
         try:
             chan.settimeout(timeout)
             if not self.legacy:
-                chan.send_bytes(wire.new_codec(self.serializer).decref(ids))
+                chan.send_bytes(_codec.new_codec(self.serializer).decref(ids))
         except Exception:
             pass
         finally:
@@ -438,7 +438,7 @@ class Conn:
         self.ep = ep
         self.chan = chan
         self.busy = False  # a request is on the wire: nothing else may be written or read
-        self._codec = wire.new_codec(ep.serializer)
+        self._codec = _codec.new_codec(ep.serializer)
 
     def discard(self) -> None:
         """Close the connection and forget it (if it is this thread's)."""
@@ -514,13 +514,13 @@ class Conn:
         self.busy = False
         try:
             kind, result = self._codec.load_reply(reply)
-        except wire.WrongSerializer as e:
+        except _codec.WrongSerializer as e:
             self.discard()
             raise ValueError(f"the manager at {ep.address!r} replied in another format: "
                              f"{e}") from None
-        if kind == wire.RETURN:
+        if kind == _codec.RETURN:
             return result
-        if kind == wire.PROXY:
+        if kind == _codec.PROXY:
             return _proxy_from_reply(ep, result, manager)
         try:
             raise convert_to_error(kind, result)
@@ -591,7 +591,7 @@ class BaseProxy:
         ssl_context = getattr(manager, "_ssl_context", None)
         ep = endpoint_for(token.address, authkey, server_id=token.server,
                           ssl_context=ssl_context, manager=manager,
-                          serializer=serializer if serializer in wire.SERIALIZERS else None)
+                          serializer=serializer if serializer in _codec.SERIALIZERS else None)
         if token.address != ep.address:
             token.address = ep.address  # the address this process knows the server by
         self._ep = ep
@@ -716,7 +716,7 @@ def RebuildProxy(func: Callable[..., Any], token: Token, serializer: str,  # noq
     elif ssl_spec is not None:
         endpoint_for(token.address, kwds.get("authkey"), server_id=token.server,
                      ssl_context=ssl_spec,
-                     serializer=serializer if serializer in wire.SERIALIZERS else None)
+                     serializer=serializer if serializer in _codec.SERIALIZERS else None)
     inheriting = getattr(process.current_process(), "_inheriting", False)
     incref = kwds.pop("incref", True) and not adopt and not inheriting
     proxy = func(token, serializer, incref=incref, **kwds)
@@ -821,7 +821,7 @@ def AutoProxy(token: Token, serializer: str, manager: Any = None,  # noqa: N802
     ``exposed`` is not given)."""
     if exposed is None:
         ep = endpoint_for(token.address, authkey, server_id=token.server, manager=manager,
-                          serializer=serializer if serializer in wire.SERIALIZERS else None)
+                          serializer=serializer if serializer in _codec.SERIALIZERS else None)
         exposed = ep.call(None, "get_methods", (token,))
     if authkey is None and manager is not None:
         authkey = manager._authkey

@@ -21,8 +21,8 @@ import weakref
 
 from .. import process, util
 from .._wire.security import check_bind_address, split_ssl_context
+from . import codec as _codec
 from . import proxy as _proxy
-from . import wire
 from .channel import BadMessageLength, Channel, family_of
 from .gate import DEFAULT_MAX_HANDSHAKES, Gate, start_gate
 
@@ -139,7 +139,7 @@ class Server:
     ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
-        self.serializer = wire.check_serializer(serializer)
+        self.serializer = _codec.check_serializer(serializer)
         if max_message_size is not None and max_message_size < 1:
             raise ValueError("max_message_size must be a positive number of bytes or None")
         if handshake_timeout is not None and not handshake_timeout > 0:
@@ -278,7 +278,7 @@ class Server:
         """Run one authenticated client's requests until it disconnects."""
         recv = chan.recv_bytes
         send = chan.send_bytes
-        codec = wire.new_codec(self.serializer)
+        codec = _codec.new_codec(self.serializer)
         encode = _pickle_replies(codec) if self.serializer == "pickle" else codec.reply
         loads = codec.load_request
         id_to_obj = self.id_to_obj
@@ -303,10 +303,10 @@ class Server:
             try:
                 try:
                     request = loads(data)
-                except wire.WrongSerializer as e:
+                except _codec.WrongSerializer as e:
                     self._refuse_serializer(chan, name, e)
                     return
-                if len(request) == 2 and request[0] == wire.DECREF:
+                if len(request) == 2 and request[0] == _codec.DECREF:
                     self._decref_many(request[1])
                     continue
                 ident, methodname, args, kwds = request
@@ -314,7 +314,7 @@ class Server:
                     if methodname not in public:
                         raise AttributeError(f"{methodname!r} unrecognized")
                     result = getattr(self, methodname)(chan, *args, **kwds)
-                    kind = wire.RETURN
+                    kind = _codec.RETURN
                 else:
                     try:
                         obj, exposed, gettypeid = id_to_obj[ident]
@@ -329,26 +329,26 @@ class Server:
                                 f"method {methodname!r} of {type(obj)!r} object is not in "
                                 f"exposed={tuple(sorted(exposed))!r}")
                         result = fallback(self, chan, ident, obj, *args, **kwds)
-                        kind = wire.RETURN
+                        kind = _codec.RETURN
                     else:
                         try:
                             result = getattr(obj, methodname)(*args, **kwds)
                         except Exception as e:
-                            result, kind = e, wire.ERROR
+                            result, kind = e, _codec.ERROR
                         else:
-                            kind = wire.RETURN
+                            kind = _codec.RETURN
                             typeid = gettypeid.get(methodname) if gettypeid else None
                             if typeid:
                                 rident, rexposed = self.create(chan, typeid, result)
                                 result = (rexposed, _proxy.Token(typeid, self.address, rident,
                                                                  self.id))
-                                kind = wire.PROXY
+                                kind = _codec.PROXY
             except Exception:
-                result, kind = format_exc(), wire.TRACEBACK
+                result, kind = format_exc(), _codec.TRACEBACK
             try:
                 out = encode(kind, result)
             except Exception:
-                out = encode(wire.UNSERIALIZABLE, format_exc())
+                out = encode(_codec.UNSERIALIZABLE, format_exc())
             # Drop this request's objects before waiting for the next one: a referent
             # must not be kept alive by this thread after its last proxy is released.
             request = args = kwds = obj = result = None
@@ -357,18 +357,18 @@ class Server:
             except OSError as e:
                 logger.info("manager at %r: could not reply to %s: %s", self.address, name, e)
                 return
-            if methodname == "shutdown" and ident is None and kind == wire.RETURN:
+            if methodname == "shutdown" and ident is None and kind == _codec.RETURN:
                 self.stop_event.set()
                 return
 
-    def _refuse_serializer(self, chan: Channel, name: str, exc: wire.WrongSerializer) -> None:
+    def _refuse_serializer(self, chan: Channel, name: str, exc: _codec.WrongSerializer) -> None:
         """Answer a message of the other serializer (in that serializer, so the client can
         read why) and drop the connection."""
         logger.warning("manager at %r: dropped %s: %s", self.address, name, exc)
         text = (f"the manager at {self.address!r} uses serializer={self.serializer!r} but "
                 f"was sent a {exc.peer!r} message ({exc})\n")
         try:
-            chan.send_bytes(wire.new_codec(exc.peer).reply(wire.TRACEBACK, text))
+            chan.send_bytes(_codec.new_codec(exc.peer).reply(_codec.TRACEBACK, text))
         except OSError:
             pass
 
@@ -524,13 +524,13 @@ class Server:
                 util.debug("decref of unknown id %r ignored", ident)
 
 
-def _pickle_replies(dumper: wire.Dumper) -> Any:
+def _pickle_replies(dumper: _codec.Dumper) -> Any:
     """The pickle codec's reply encoder for a server connection: plain results skip the
     pickler; a proxy pickled into a reply hands the receiver a reference (see
     ``BaseProxy.__reduce__``)."""
-    plain_dumps = wire._plain_dumps
-    protocol = wire._PROTOCOL
-    is_plain = wire.is_plain
+    plain_dumps = _codec._plain_dumps
+    protocol = _codec._PROTOCOL
+    is_plain = _codec.is_plain
     dumps = dumper.dumps
     set_responding = _proxy.set_responding
 

@@ -30,7 +30,7 @@ import re
 import threading
 import xmlrpc.client
 
-from . import wire
+from . import codec
 
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ def _untag(obj: Any) -> Any:
 def _decode(data: Any) -> Any:
     data = bytes(data)
     if data[:1] != b"<":
-        raise wire.WrongSerializer(NAME, "pickle")
+        raise codec.WrongSerializer(NAME, "pickle")
     (message,), _method = xmlrpc.client.loads(data, use_builtin_types=True)
     if _BTAG in data:
         message = _untag(message)
@@ -310,13 +310,13 @@ class XmlCodec:
 
     def reply(self, kind: str, result: Any) -> bytes:
         """Encode a reply (an exception as a struct describing it)."""
-        if kind == wire.ERROR:
+        if kind == codec.ERROR:
             result = _exception_info(result)
         return _encode([kind, result])
 
     def decref(self, ids: list[Any]) -> bytes:
         """Encode the one-way message returning references to ``ids``."""
-        return _encode([wire.DECREF, ids])
+        return _encode([codec.DECREF, ids])
 
     def load_request(self, data: Any) -> Any:
         """Decode a request (``WrongSerializer`` if it is not XML)."""
@@ -331,9 +331,9 @@ class XmlCodec:
         if not isinstance(message, list) or len(message) != 2:
             raise ValueError(f"malformed manager reply: {message!r:.200}")
         kind, result = message
-        if kind == wire.ERROR:
+        if kind == codec.ERROR:
             result = _rebuild_exception(result)
-        elif kind == wire.PROXY:
+        elif kind == codec.PROXY:
             exposed, token = result
             result = (tuple(exposed), token)
         return kind, result

@@ -10,7 +10,7 @@ polyproc's reducers) per connection instead of building one per message, and mes
 only of plain scalars skip even that.
 
 A manager's ``serializer`` picks the codec: ``'pickle'`` (a :class:`Dumper`) or
-``'xmlrpclib'`` (:class:`polyproc._managers.xmlwire.XmlCodec`).  Both offer ``request``,
+``'xmlrpclib'`` (:class:`polyproc._managers.xmlcodec.XmlCodec`).  Both offer ``request``,
 ``reply``, ``decref``, ``load_request`` and ``load_reply``; :func:`new_codec` makes one.
 Each recognises the other's messages by their first byte (a pickle starts with ``0x80``,
 an XML-RPC document with ``<``) and raises :class:`WrongSerializer` instead of decoding them.
@@ -75,7 +75,7 @@ def new_codec(serializer: str) -> Any:
     if serializer == "pickle":
         return Dumper()
     if serializer == "xmlrpclib":
-        from .xmlwire import XmlCodec
+        from .xmlcodec import XmlCodec
 
         return XmlCodec()
     check_serializer(serializer)
