@@ -341,15 +341,41 @@ def test_fork_context_locks_refused_by_other_start_methods(method: str, kind: st
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_fork_context_queue_works_with_other_start_methods(method: str) -> None:
-    # A documented difference (docs/migrating.md): polyproc's queues use no fork-only
-    # semaphore, so the stdlib's refusal has no reason here.
-    q = polyproc.get_context("fork").Queue()
-    p = polyproc.get_context(method).Process(target=q.put, args=("from the child",))
+@pytest.mark.parametrize("kind", ["Queue", "JoinableQueue", "SimpleQueue"])
+def test_fork_context_queues_refused_by_other_start_methods(method: str, kind: str) -> None:
+    # As the stdlib's (CPython's TestStartMethod.test_mixed_startmethod), although polyproc's
+    # ring could travel: code must fail the same way on either library.
+    q = getattr(polyproc.get_context("fork"), kind)()
+    p = polyproc.get_context(method).Process(target=_noop, args=(q,))
+    with pytest.raises(RuntimeError, match="^A SemLock created in a fork context is being "
+                                           "shared with a process in a spawn context. This is "
+                                           "not supported. Please use the same context"):
+        p.start()
+    assert p.pid is None  # nothing was started
+    q.put("still usable")
+    assert q.get() == "still usable"
+
+
+def _pass_on(q, method: str) -> None:  # noqa: ANN001
+    p = polyproc.get_context(method).Process(target=q.put, args=(f"from a {method} grandchild",))
     p.start()
-    assert q.get(timeout=T) == "from the child"
     p.join(T)
-    assert p.exitcode == 0
+    if p.exitcode != 0:
+        raise SystemExit(f"grandchild exit code {p.exitcode}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("queue_method", ["spawn", "forkserver"])
+def test_non_fork_queues_go_to_every_start_method(queue_method: str) -> None:
+    # The second half of test_mixed_startmethod, and gh-108520: a queue received by a child
+    # may be passed on to that child's own children, whatever their start method.
+    for method in METHODS:
+        q = polyproc.get_context(queue_method).Queue()
+        p = polyproc.get_context(method).Process(target=_pass_on, args=(q, "spawn"))
+        p.start()
+        assert q.get(timeout=T) == "from a spawn grandchild"
+        p.join(T)
+        assert p.exitcode == 0, (method, p.exitcode)
 
 
 # ---------------------------------------------------------------- the stdlib's test hooks
