@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,12 +104,41 @@ WAITS = {
     "Lock.acquire(timeout=60)": lambda ctx: _twice(ctx.Lock(), 60),
     "Semaphore(0).acquire()": lambda ctx: ctx.Semaphore(0).acquire(),
     "Event.wait(60)": lambda ctx: ctx.Event().wait(60),
+    "Event.wait()": lambda ctx: ctx.Event().wait(),
+    "Condition.wait()": lambda ctx: _cond_wait(ctx.Condition(), None),
+    "Condition.wait_for(60)": lambda ctx: _cond_wait_for(ctx.Condition(ctx.Lock())),
+    "RLock.acquire(timeout=60)": lambda ctx: _rlock_of_another_thread(ctx.RLock()),
+    "BoundedSemaphore.acquire(timeout=60)": lambda ctx: _twice(ctx.BoundedSemaphore(1), 60),
+    "Barrier(2).wait(60)": lambda ctx: ctx.Barrier(2).wait(60),
 }
 
 
-def _cond_wait(cond) -> None:  # noqa: ANN001
+def _cond_wait(cond, timeout: float | None = 60) -> None:  # noqa: ANN001
     with cond:
-        cond.wait(60)
+        cond.wait(timeout)
+
+
+def _cond_wait_for(cond) -> None:  # noqa: ANN001
+    with cond:
+        cond.wait_for(lambda: False, 60)
+
+
+def _rlock_of_another_thread(rlock) -> None:  # noqa: ANN001
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with rlock:
+            held.set()
+            done.wait(T)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait(T)
+        rlock.acquire(True, 60)
+    finally:
+        done.set()
+        t.join(T)
 
 
 def _twice(lock, timeout) -> None:  # noqa: ANN001
@@ -133,6 +163,87 @@ def test_sigint_interrupts_a_blocking_wait(ctx, what, default_sigint) -> None:  
     finally:
         p.join(T)
     assert p.exitcode == 0
+
+
+TIMED_WAITS = {
+    "Condition.wait": lambda ctx, t: _timed_cond_wait(ctx.Condition(), t),
+    "Lock.acquire": lambda ctx, t: _timed_twice(ctx.Lock(), t),
+    "Semaphore(0).acquire": lambda ctx, t: ctx.Semaphore(0).acquire(True, t),
+    "Event.wait": lambda ctx, t: ctx.Event().wait(t),
+    "Barrier(2).wait": lambda ctx, t: _timed_barrier(ctx.Barrier(2), t),
+}
+
+
+def _timed_cond_wait(cond, t: float) -> bool:  # noqa: ANN001
+    with cond:
+        return cond.wait(t)
+
+
+def _timed_twice(lock, t: float) -> bool:  # noqa: ANN001
+    lock.acquire()
+    return lock.acquire(True, t)
+
+
+def _timed_barrier(barrier, t: float) -> bool:  # noqa: ANN001
+    try:
+        barrier.wait(t)
+    except threading.BrokenBarrierError:
+        return False
+    return True
+
+
+def _signal_when_blocked(pid: int, go) -> None:  # noqa: ANN001
+    go.wait(T)
+    deadline = time.monotonic() + T
+    while not _main_thread_sleeping(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGUSR1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", list(TIMED_WAITS))
+def test_a_signal_whose_handler_returns_does_not_end_a_wait(what) -> None:  # noqa: ANN001
+    # The handler runs during the wait (as in the stdlib), then the wait goes on to its own
+    # deadline: neither an early False nor a longer wait.
+    ctx = polyproc.get_context("fork")
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: seen.append(time.monotonic()))
+    go = ctx.Event()
+    p = ctx.Process(target=_signal_when_blocked, args=(os.getpid(), go))
+    p.start()
+    try:
+        go.set()
+        t0 = time.monotonic()
+        assert TIMED_WAITS[what](ctx, 2.0) is False
+        took = time.monotonic() - t0
+    finally:
+        p.join(T)
+        signal.signal(signal.SIGUSR1, old)
+    assert len(seen) == 1 and seen[0] - t0 < 2.0, "the handler did not run during the wait"
+    assert 1.9 <= took < 10, took
+
+
+def _main_thread_switches() -> int:
+    with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize("what", list(TIMED_WAITS))
+def test_idle_waits_use_no_cpu(what) -> None:  # noqa: ANN001
+    # One blocking system call, no polling: a 1.5 s wait costs (almost) no CPU time and
+    # wakes the thread a handful of times at most (polling every 10 ms would be 150).
+    ctx = polyproc.get_context("fork")
+    TIMED_WAITS[what](ctx, 0.01)  # warm up (first calls, lazy imports)
+    cpu0, sw0, t0 = time.process_time(), _main_thread_switches(), time.monotonic()
+    assert TIMED_WAITS[what](ctx, 1.5) is False
+    cpu, switches = time.process_time() - cpu0, _main_thread_switches() - sw0
+    assert time.monotonic() - t0 >= 1.45
+    assert cpu < 0.05, f"{what} used {cpu:.3f} s of CPU while idle"
+    assert switches < 15, f"{what} woke up {switches} times while idle"
 
 
 @pytest.mark.timeout(90)
