@@ -83,6 +83,11 @@ def _report_fd_count(ready, go, q) -> None:  # noqa: ANN001
     go.wait(T)
 
 
+def _send_fd_count(conn) -> None:  # noqa: ANN001
+    conn.send(len(os.listdir("/proc/self/fd")))
+    conn.close()
+
+
 def _noop(*args) -> None:  # noqa: ANN002
     pass
 
@@ -408,6 +413,56 @@ def test_concurrent_children_hold_the_same_number_of_fds(method: str) -> None:
             p.join(T)
     assert len(set(counts)) == 1, counts
     assert [p.exitcode for p in ps] == [0] * n
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fds_of(pid: int, but: int) -> list[str]:
+    """What ``pid``'s fds refer to, leaving out the pipe of inode ``but``."""
+    d = f"/proc/{pid}/fd"
+    links = []
+    for fd in os.listdir(d):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            links.append(os.readlink(f"{d}/{fd}"))
+    return sorted(link for link in links if link != f"pipe:[{but}]")
+
+
+@pytest.mark.timeout(120)
+def test_forkserver_children_in_a_row_hold_the_same_number_of_fds() -> None:
+    # One child after another: neither the children nor the fork server itself (nor the
+    # parent) gain an fd per child.
+    from polyproc._spawn import forkserver
+
+    ctx = polyproc.get_context("forkserver")
+
+    def run_one() -> tuple[int, int]:
+        r, w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_send_fd_count, args=(w,))
+        p.start()
+        w.close()
+        try:
+            assert r.poll(T)
+            return r.recv(), os.fstat(p.sentinel).st_ino
+        finally:
+            r.close()
+            p.join(T)
+            assert p.exitcode == 0
+            p.close()
+
+    # The server closes a child's status pipe just after writing the status that ends our
+    # join(): the last child's may still be open, so it is left out of the comparison.
+    _, last = run_one()  # the server is up
+    server = forkserver._forkserver._proc.pid
+    parent_fds, server_fds = _fd_count(), _fds_of(server, last)
+    counts = []
+    for _ in range(20):
+        count, last = run_one()
+        counts.append(count)
+    assert len(set(counts)) == 1, counts
+    assert _fds_of(server, last) == server_fds
+    assert _fd_count() == parent_fds
 
 
 # ---------------------------------------------------------------- exit
