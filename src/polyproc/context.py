@@ -399,6 +399,8 @@ _adopt_stdlib_base()
 def _force_start_method(method: str) -> None:
     """In a child: make the default context use the method that started this process."""
     _default_context._actual_context = _concrete_contexts[method]
+
+
 #: The stdlib's words (code may match them) for an object of a fork context on its way to a
 #: spawn or forkserver child.
 FORK_CONTEXT_SHARED = (
