@@ -660,3 +660,85 @@ def test_segment_of_exited_child_survives_in_fresh_tree(tmp_path, method):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "5"
     assert "leaked" not in res.stderr
+
+
+# ---------------------------------------------------------------- track= (Python 3.13's, everywhere)
+
+
+def test_track_parameter_is_the_stdlibs():
+    import inspect
+    import sys
+
+    track = inspect.signature(SharedMemory).parameters["track"]
+    assert track.kind is inspect.Parameter.KEYWORD_ONLY and track.default is True
+    if sys.version_info >= (3, 13):
+        std = inspect.signature(_std().SharedMemory)
+        assert list(std.parameters) == list(inspect.signature(SharedMemory).parameters)
+
+
+def test_untracked_block_unlinks_and_reattaches():
+    block = SharedMemory(create=True, size=16, track=False)
+    try:
+        other = SharedMemory(block.name, track=False)
+        other.buf[0] = 7
+        assert block.buf[0] == 7
+        other.close()
+        other.unlink()  # from the attaching side, as with a tracked block
+        assert not shm_exists(block.name)
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(block.name)
+    finally:
+        block.close()
+
+
+_UNTRACKED_CREATOR = textwrap.dedent(
+    """
+    import sys
+    from polyproc._resources import tracker
+    from polyproc.shared_memory import SharedMemory
+
+    block = SharedMemory(create=True, size=16, track=False)
+    block.buf[0] = 9
+    block.close()
+    assert tracker._tracker._fd is None, "track=False started a resource tracker"
+    print(block.name, flush=True)
+    """
+)
+
+
+def test_untracked_block_outlives_its_creators_tree(tmp_path):
+    res = run_script(tmp_path, _UNTRACKED_CREATOR)
+    assert res.returncode == 0, res.stderr
+    name = res.stdout.strip()
+    try:
+        assert shm_exists(name), "the creator's exit unlinked a track=False block"
+        block = SharedMemory(name)
+        assert block.buf[0] == 9
+        block.close()
+        assert res.stderr == ""  # no tracker, no warning
+    finally:
+        SharedMemory(name).unlink()
+
+
+_UNTRACKED_ATTACHER = textwrap.dedent(
+    """
+    import sys
+    from polyproc.shared_memory import SharedMemory
+
+    mem = SharedMemory(create=False, name=sys.argv[1], track=False)
+    mem.close()
+    """
+)
+
+
+def test_untracked_attach_from_another_program(tmp_path):
+    # CPython's test_shared_memory_untracking (gh-82300).
+    block = SharedMemory(create=True, size=10)
+    try:
+        res = run_script(tmp_path, _UNTRACKED_ATTACHER, args=(block.name,))
+        assert res.returncode == 0, res.stderr
+        assert "tracker" not in res.stderr
+        SharedMemory(block.name).close()  # still there
+    finally:
+        block.close()
+        block.unlink()

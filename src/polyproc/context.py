@@ -399,3 +399,21 @@ _adopt_stdlib_base()
 def _force_start_method(method: str) -> None:
     """In a child: make the default context use the method that started this process."""
     _default_context._actual_context = _concrete_contexts[method]
+
+
+#: The stdlib's words (code may match them) for an object of a fork context on its way to a
+#: spawn or forkserver child.
+FORK_CONTEXT_SHARED = (
+    "A SemLock created in a fork context is being shared with a process in a spawn context. "
+    "This is not supported. Please use the same context to create multiprocessing objects "
+    "and Process."
+)
+
+
+def is_fork_context(ctx: Any) -> bool:
+    """Whether objects made for ``ctx`` (None: the default context) belong to fork children
+    only, as the stdlib's do: they may be inherited by forked children, never sent to spawn or
+    forkserver ones."""
+    if ctx is None:
+        ctx = _default_context.get_context()
+    return ctx.get_start_method() == "fork"

@@ -141,6 +141,7 @@ class Queue:
         self._bounded = bounded
         self._maxsize = maxsize if bounded else SEM_VALUE_MAX
         self._ring = Ring.create(_capacity or _ring_capacity(), maxsize if bounded else 0)
+        self._is_fork_ctx = context.is_fork_context(ctx)
         self._opid = os.getpid()
         self._ignore_epipe = False  # stdlib attribute kept for compatibility
         self._reset()
@@ -148,10 +149,15 @@ class Queue:
 
     def __getstate__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
+        if self._is_fork_ctx:
+            # As the stdlib's (whose locks are fork-only semaphores); ours could travel, but
+            # code written for either library must fail the same way.
+            raise RuntimeError(context.FORK_CONTEXT_SHARED)
         return (self._ignore_epipe, self._maxsize, self._bounded, self._ring, self._opid)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self._ignore_epipe, self._maxsize, self._bounded, self._ring, self._opid) = state
+        self._is_fork_ctx = False  # it came to a spawn or forkserver child: it may go on
         self._reset()
 
     def _after_fork(self) -> None:
@@ -394,14 +400,18 @@ class SimpleQueue:
 
     def __init__(self, *, ctx: Any = None, _capacity: int | None = None) -> None:
         self._ring = Ring.create(_capacity or _ring_capacity())
+        self._is_fork_ctx = context.is_fork_context(ctx)
         self._reset()
 
     def __getstate__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
+        if self._is_fork_ctx:
+            raise RuntimeError(context.FORK_CONTEXT_SHARED)  # as Queue's
         return (self._ring,)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self._ring,) = state
+        self._is_fork_ctx = False
         self._reset()
 
     def _reset(self) -> None:

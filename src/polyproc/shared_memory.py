@@ -9,6 +9,8 @@ resource tracker, and ``unlink()`` unregisters it; the tracker unlinks blocks st
 once every process of the tree has exited, however they exited. Unlike the stdlib (up to
 3.12), attaching to a block by name does **not** register it: the stdlib's double registration
 made the tracker of an attaching process unlink blocks that others were still using.
+``track=False`` (Python 3.13's parameter, on every version) creates a block that no tracker
+knows of: only an ``unlink()`` destroys it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class SharedMemory:
     attaches to an existing one (``FileNotFoundError`` if there is none). ``buf`` is a
     memoryview of its bytes. ``close()`` unmaps it in this process; ``unlink()`` (called once,
     by any process) destroys it when the last process closes it.
+
+    ``track`` (keyword only): with True (the default) a block this process creates is
+    registered with the resource tracker, which unlinks it if the process tree ends without
+    ``unlink()``; with False nothing is registered (nor a tracker started), and the block
+    lives until some process calls ``unlink()`` or the machine restarts. Attaching registers
+    nothing either way (see the module's docstring).
     """
 
     _name: str | None = None
@@ -65,7 +73,8 @@ class SharedMemory:
     _buf: memoryview | None = None
     _size = 0
 
-    def __init__(self, name: str | None = None, create: bool = False, size: int = 0) -> None:
+    def __init__(self, name: str | None = None, create: bool = False, size: int = 0, *,
+                 track: bool = True) -> None:
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
         flags = os.O_RDWR
@@ -75,7 +84,8 @@ class SharedMemory:
                 raise ValueError("'size' must be a positive number different from zero")
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
-        if create:
+        self._track = track = bool(track)
+        if create and track:
             _tracker().ensure_running()  # start it first: no window where the name is untracked
         if name is None:
             while True:
@@ -92,8 +102,9 @@ class SharedMemory:
         self._name = name
         try:
             if create:
-                _tracker().register(name, "shared_memory")
-                self._registered = True
+                if track:
+                    _tracker().register(name, "shared_memory")
+                    self._registered = True
                 os.ftruncate(fd, size)
             size = os.fstat(fd).st_size
             self._mmap = mmap.mmap(fd, size)  # ValueError for an empty block, like the stdlib
@@ -107,6 +118,7 @@ class SharedMemory:
         self._buf = memoryview(self._mmap)
 
     _registered = False
+    _track = True
 
     def __del__(self) -> None:
         try:
@@ -146,7 +158,12 @@ class SharedMemory:
             self._mmap = None
 
     def unlink(self) -> None:
-        """Destroy the block's name (once, from any process); memory goes when all close."""
+        """Destroy the block's name (once, from any process); memory goes when all close.
+
+        The tree's tracker forgets the name too if this process talks to one, whatever
+        ``track`` says: the block is gone, there is nothing left to clean up (``track=False``
+        starts no tracker).
+        """
         if self._name:
             _posixshmem.shm_unlink(self._name)
             if self._registered or _tracker_running():

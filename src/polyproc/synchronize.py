@@ -134,11 +134,7 @@ class SemLock(_multiprocessing.SemLock):
     def __reduce__(self) -> tuple[Any, ...]:
         context.assert_spawning(self)
         if self._is_fork_ctx:
-            raise RuntimeError(
-                "A SemLock created in a fork context is being shared with a process in a "
-                "spawn context. This is not supported. Please use the same context to "
-                "create multiprocessing objects and Process."
-            )
+            raise RuntimeError(context.FORK_CONTEXT_SHARED)
         return _rebuild_semlock, (type(self), self.handle, self.kind, self.maxvalue, self.name)
 
 

@@ -36,8 +36,9 @@ INTERNAL: list[tuple[str, str, str]] = [
      "SharedMemory._name"),
     (_MP, "WithProcessesTestSharedMemory.test_shared_memory_tracking",
      "expects CPython's resource-tracker warning text and calls "
-     "multiprocessing.resource_tracker.unregister (it also uses track=, which polyproc "
-     "lacks on purpose: docs/migrating.md)"),
+     "multiprocessing.resource_tracker.unregister (it also expects SharedMemory(name, "
+     "track=True) to register an attached block, which polyproc never does on purpose: "
+     "docs/migrating.md)"),
     (_MP, "ChallengeResponseTest.test_challengeresponse",
      "calls the private connection._create_response/_verify_challenge"),
     (_MP, "OtherTest.test_answer_challenge_auth_failure",
