@@ -13,37 +13,22 @@ Every wait is bounded: a test that would hang fails instead. Skipped, with the r
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import importlib.util
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import polyproc
-from _scripts import SRC, run_script
+from _dask_cluster import HAVE_DISTRIBUTED, needs_dask, stop_group
+from _dask_cluster import cli_cluster as _cli_cluster
+from _dask_cluster import wait_for_workers as _wait_for_workers
+from _scripts import run_script
 
 TESTS = str(Path(__file__).resolve().parent)
 T = 60.0  # bound on every wait for a result
 
-
-
-def _have_distributed() -> bool:
-    try:
-        return importlib.util.find_spec("distributed") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-HAVE_DISTRIBUTED = _have_distributed()
-needs_dask = pytest.mark.skipif(
-    not HAVE_DISTRIBUTED,
-    reason="dask.distributed is not installed: pip install 'polyproc[dask]'")
 
 
 # ==================================================================== task functions
@@ -73,30 +58,10 @@ def sleep_for(delay):
     return delay
 
 
-def sleep_if_3(x):
-    if x == 3:
-        time.sleep(60)
-    return x
-
-
 def die_on_7(x):
     if x == 7:
         os.kill(os.getpid(), signal.SIGKILL)
     return x * 10
-
-
-def pid_then_sleep(path, delay):
-    """First attempt: record this worker's pid in ``path`` and sleep; later ones: return."""
-    p = Path(path)
-    if p.exists():
-        return "second attempt"
-    p.write_text(str(os.getpid()))
-    time.sleep(delay)
-    return "first attempt"
-
-
-def exits(code):
-    sys.exit(code)
 
 
 _STATE = {}
@@ -117,77 +82,6 @@ def bad_init():
 # ==================================================================== helpers and fixtures
 
 
-def _dask_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dask", *args]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
-    return env
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and every process of that session."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            # The group may outlive its leader (nanny children): make sure they are gone.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextlib.contextmanager
-def _cli_cluster(d: Path, workers: int):
-    """`dask scheduler` + `workers` `dask worker` processes (one thread each, with nannies)
-    on loopback; yields (address, scheduler process)."""
-    import distributed
-
-    sched_file = d / "scheduler.json"
-    logs = []
-    procs = []
-
-    def start(name: str, args: list[str]) -> None:
-        log = open(d / f"{name}.log", "wb")  # noqa: SIM115 - closed below
-        logs.append(log)
-        procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                                      cwd=str(d), start_new_session=True))
-
-    def tails() -> str:
-        return "\n".join(f"--- {p.name}:\n{p.read_text()[-3000:]}" for p in d.glob("*.log"))
-
-    try:
-        start("scheduler", _dask_cli("scheduler", "--host", "127.0.0.1", "--port", "0",
-                                     "--no-dashboard", "--scheduler-file", str(sched_file)))
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                pytest.fail("dask scheduler did not start:\n" + tails())
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        for i in range(workers):
-            start(f"worker{i}", _dask_cli("worker", address, "--nthreads", "1",
-                                          "--nworkers", "1", "--host", "127.0.0.1",
-                                          "--no-dashboard", "--memory-limit", "0",
-                                          "--name", f"w{i}"))
-        with distributed.Client(address, timeout=30, set_as_default=False) as client:
-            try:
-                client.wait_for_workers(workers, timeout=90)
-            except Exception:
-                pytest.fail("dask workers did not start:\n" + tails())
-        yield address, procs[0]
-    finally:
-        for proc in reversed(procs):
-            _stop_group(proc)
-        for log in logs:
-            log.close()
-
-
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory):
     """The shared cluster: a scheduler and two single-threaded workers, as processes."""
@@ -195,14 +89,6 @@ def cli_cluster(tmp_path_factory):
         pytest.skip("dask.distributed is not installed: pip install 'polyproc[dask]'")
     with _cli_cluster(tmp_path_factory.mktemp("dask-cli"), 2) as (address, _):
         yield address
-
-
-def _wait_for_workers(address: str, n: int = 2, timeout: float = 60) -> None:
-    """After a test that killed or restarted workers: wait until ``n`` are back."""
-    import distributed
-
-    with distributed.Client(address, timeout=30, set_as_default=False) as client:
-        client.wait_for_workers(n, timeout=timeout)
 
 
 @pytest.fixture
@@ -217,13 +103,6 @@ def cli_pool(cli_cluster, cli_ctx):
     pool.terminate()
     pool.join()
     _wait_for_workers(cli_cluster)
-
-
-def outcome(fn):
-    try:
-        return ("ok", fn())
-    except Exception as e:
-        return ("raised", type(e).__name__, str(e))
 
 
 # ==================================================================== no dask needed
@@ -388,80 +267,8 @@ def test_numpy_chunks_are_scattered(cli_pool):
     assert cli_pool._backend.stats["scattered_objects"] == 4
 
 
-@needs_dask
-def test_worker_killed_mid_task_is_retried(cli_cluster, cli_ctx, tmp_path):
-    marker = tmp_path / "pid"
-    with cli_ctx.Pool(retries=1) as pool:
-        r = pool.apply_async(pid_then_sleep, (str(marker), 60))
-        others = pool.map_async(sq, range(20))
-        pid = _wait_for_pid(marker)
-        os.kill(pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        assert r.get(T) == "second attempt"
-        assert others.get(T) == [x * x for x in range(20)]
-        assert time.monotonic() - t0 < 30
-    _wait_for_workers(cli_cluster)
-
-
-@needs_dask
-def test_worker_killed_mid_task_without_retries(cli_cluster, cli_ctx, tmp_path):
-    marker = tmp_path / "pid"
-    with cli_ctx.Pool() as pool:
-        r = pool.apply_async(pid_then_sleep, (str(marker), 60))
-        pid = _wait_for_pid(marker)
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(polyproc.WorkerLostError, match=f"worker pid {pid} died"):
-            r.get(T)
-        assert pool.map(sq, range(5)) == [0, 1, 4, 9, 16]
-    _wait_for_workers(cli_cluster)
-
-
-@needs_dask
-def test_crash_in_a_batch_blames_only_the_culprit(cli_cluster, cli_pool):
-    outcomes = []
-    it = cli_pool.imap(die_on_7, range(24), 8)  # task 7 shares a batch with 0..6
-    for _ in range(24):
-        outcomes.append(outcome(lambda: it.next(T)))
-    assert [o for i, o in enumerate(outcomes) if i != 7] == \
-        [("ok", i * 10) for i in range(24) if i != 7]
-    assert outcomes[7][:2] == ("raised", "WorkerLostError")
-    assert "task 7 of imap()" in outcomes[7][2]
-
-
-@needs_dask
-def test_sys_exit_in_a_task(cli_pool):
-    # The task's outcome, as on every backend (and the stdlib's executor): the worker goes on.
-    with pytest.raises(SystemExit) as info:
-        cli_pool.apply(exits, (3,))
-    assert info.value.args == (3,)
-    assert cli_pool.apply(sq, (3,)) == 9
-
-
-@needs_dask
-def test_task_timeout_stops_the_task(cli_cluster, cli_pool):
-    t0 = time.monotonic()
-    with pytest.raises(polyproc.TaskTimeoutError, match="timeout of 1"):
-        cli_pool.apply_async(sleep_for, (60,), timeout=1).get(T)
-    it = cli_pool.imap(sleep_if_3, range(6), 1, timeout=1)
-    outcomes = [outcome(lambda: it.next(T)) for _ in range(6)]
-    assert [o[1] for o in outcomes[:3] + outcomes[4:]] == [0, 1, 2, 4, 5]
-    assert outcomes[3][1] == "TaskTimeoutError"
-    assert time.monotonic() - t0 < 40
-    _wait_for_workers(cli_cluster)  # the overdue tasks' workers were restarted
-    assert cli_pool.map(sq, range(4)) == [0, 1, 4, 9]
-
-
-@needs_dask
-def test_terminate_gives_every_task_an_outcome(cli_ctx):
-    pool = cli_ctx.Pool()
-    r = pool.map_async(sleep_for, [2] * 6, 1)
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    pool.terminate()
-    pool.join()
-    assert time.monotonic() - t0 < 20
-    with pytest.raises(concurrent.futures.CancelledError):
-        r.get(T)
+# Faults common to every backend (killed workers, retries, culprits, timeouts, SystemExit,
+# terminate) run from tests/test_backend_faults.py, on this kind of cluster too.
 
 
 @needs_dask
@@ -496,7 +303,7 @@ def test_scheduler_lost_breaks_the_pool_without_hanging(tmp_path):
             assert pool.map(sq, range(5)) == [0, 1, 4, 9, 16]
             r = pool.map_async(sleep_for, [0.5] * 20, 1)
             time.sleep(0.5)
-            _stop_group(scheduler)
+            stop_group(scheduler)
             t0 = time.monotonic()
             with pytest.raises(polyproc.BrokenProcessPool, match="lost its connection"):
                 r.get(T)
@@ -506,14 +313,6 @@ def test_scheduler_lost_breaks_the_pool_without_hanging(tmp_path):
         finally:
             pool.terminate()
             pool.join()
-
-
-def _wait_for_pid(marker: Path) -> int:
-    deadline = time.monotonic() + T
-    while not (marker.exists() and marker.read_text()):
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.05)
-    return int(marker.read_text())
 
 
 # ==================================================================== the embedded cluster
