@@ -75,6 +75,7 @@ def _rebuild_as_list(obj: Any) -> Any:
     return list, (list(obj),)
 
 
+_view_type: type
 for _view_type in (type({}.keys()), type({}.values()), type({}.items())):
     reduction.register(_view_type, _rebuild_as_list)
 del _view_type
@@ -84,6 +85,7 @@ class State:
     """A manager's lifecycle state."""
 
     __slots__ = ["value"]
+    value: int
     INITIAL = 0
     STARTED = 1
     SHUTDOWN = 2
@@ -505,7 +507,7 @@ class IteratorProxy(BaseProxy):
 class AcquirerProxy(BaseProxy):
     """Proxy of a lock or semaphore."""
 
-    _exposed_ = ("acquire", "release")
+    _exposed_: tuple[str, ...] = ("acquire", "release")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Acquire (waiting up to ``timeout`` seconds if ``blocking``)."""
@@ -652,7 +654,7 @@ class ValueProxy(BaseProxy):
 
     value = property(get, set)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 BaseListProxy = MakeProxyType("BaseListProxy", (

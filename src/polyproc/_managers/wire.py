@@ -35,7 +35,7 @@ loads = pickle.loads
 _plain_dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Types that pickle the same with or without polyproc's reducers.
-_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_SCALARS: frozenset[type] = frozenset({int, float, str, bytes, bool, type(None), complex})
 _FALLBACK_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
 
 
