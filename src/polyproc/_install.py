@@ -98,12 +98,12 @@ def _install_futures() -> None:
     module.__dict__.update({name: getattr(futures, name) for name in futures.__all__})
     module.ProcessPoolExecutor = futures.ProcessPoolExecutor  # type: ignore[attr-defined]
     module.BrokenProcessPool = futures.BrokenProcessPool  # type: ignore[attr-defined]
-    module.__getattr__ = _internal_getattr("concurrent.futures.process")  # type: ignore[attr-defined]
+    module.__getattr__ = _internal_getattr("concurrent.futures.process")  # type: ignore[method-assign]
     module.__polyproc__ = True  # type: ignore[attr-defined]
     sys.modules["concurrent.futures.process"] = module
-    concurrent.futures.process = module  # type: ignore[attr-defined]
+    concurrent.futures.process = module
     # concurrent.futures hands out ProcessPoolExecutor lazily, caching it once asked for.
-    concurrent.futures.ProcessPoolExecutor = futures.ProcessPoolExecutor  # type: ignore[attr-defined]
+    concurrent.futures.ProcessPoolExecutor = futures.ProcessPoolExecutor  # type: ignore[misc, assignment]
 
 
 def _warn_if_stdlib_loaded() -> None:
@@ -122,7 +122,7 @@ def _warn_if_stdlib_loaded() -> None:
 def _internal_module(name: str) -> types.ModuleType:
     module = types.ModuleType(name, f"Stands for CPython's internal {name}, which polyproc "
                                     "does not provide (see polyproc._install).")
-    module.__getattr__ = _internal_getattr(name)  # type: ignore[attr-defined]
+    module.__getattr__ = _internal_getattr(name)  # type: ignore[method-assign]
     module.__polyproc__ = True  # type: ignore[attr-defined]
     return module
 

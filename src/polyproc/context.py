@@ -42,6 +42,8 @@ class BaseContext:
     active_children = staticmethod(process.active_children)
 
     _name: str | None = None
+    #: The context's Process class (set by each concrete context).
+    Process: type[process.BaseProcess]
 
     def cpu_count(self) -> int:
         """Number of CPUs in the system (NotImplementedError if unknown, like the stdlib)."""
@@ -287,11 +289,11 @@ class Process(process.BaseProcess):
 
     @staticmethod
     def _Popen(process_obj: process.BaseProcess) -> Any:
-        return _default_context.get_context().Process._Popen(process_obj)  # type: ignore[attr-defined]
+        return _default_context.get_context().Process._Popen(process_obj)
 
     @staticmethod
     def _after_fork() -> None:
-        return _default_context.get_context().Process._after_fork()  # type: ignore[attr-defined]
+        return _default_context.get_context().Process._after_fork()
 
 
 def _fork_after_fork() -> None:

@@ -146,7 +146,7 @@ class ProcessPoolExecutor(Executor):
             backend = self._ensure_backend()
             if backend.scheduler.broken is not None:
                 raise backend.scheduler.broken
-            future: Future = _Future()
+            future: _StoppableFuture = _Future()
             job = Job("submit", fn, args, FutureSink(future), length=1, star=True,
                       kwargs=kwargs or None, single=True, retries=self._retries,
                       timeout=self._task_timeout)
@@ -250,7 +250,11 @@ class ProcessPoolExecutor(Executor):
         return {w.pid: w.proc for w in list(workers.values())}
 
 
-class _FutureCondition(_thread.RLock):
+# The C RLock: final in the stubs (their versions also disagree on its name), not at run time.
+_RLock: Any = _thread.RLock
+
+
+class _FutureCondition(_RLock):
     """A Future's condition, made cheaply: the RLock it locks with, plus a real
     ``threading.Condition`` on that lock made only when a thread waits. A busy executor's
     futures are mostly done before anybody waits on them, and ``threading.Condition()`` is
@@ -311,7 +315,7 @@ class _StoppableFuture(Future):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # Future's, not in the stubs
         return True
 
 

@@ -98,6 +98,7 @@ def _rebuild_as_list(obj: Any) -> Any:
     return list, (list(obj),)
 
 
+_view_type: type
 for _view_type in (type({}.keys()), type({}.values()), type({}.items())):
     reduction.register(_view_type, _rebuild_as_list)
 del _view_type
@@ -113,6 +114,7 @@ class State:
     """A manager's lifecycle state."""
 
     __slots__ = ["value"]
+    value: int
     INITIAL = 0
     STARTED = 1
     SHUTDOWN = 2

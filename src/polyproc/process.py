@@ -74,6 +74,8 @@ class BaseProcess:
     """A process: run ``target(*args, **kwargs)`` (or an overridden ``run``) in a child."""
 
     _start_method: str | None = None
+    _identity: tuple[int, ...]
+    _config: dict[str, Any]
 
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> Any:  # pragma: no cover - overridden
@@ -378,7 +380,7 @@ class _ParentProcess(BaseProcess):
         self._parent_pid = None  # type: ignore[assignment]
         self._popen = None
         self._closed = False
-        self._sentinel = sentinel  # type: ignore[assignment]
+        self._sentinel = sentinel
         self._config = {}
 
     def is_alive(self) -> bool:
@@ -387,10 +389,10 @@ class _ParentProcess(BaseProcess):
         return self._sentinel is not None and not wait([self._sentinel], timeout=0)
 
     @property
-    def ident(self) -> int:  # type: ignore[override]
+    def ident(self) -> int:
         return self._pid
 
-    pid = ident  # type: ignore[assignment]
+    pid = ident
 
     def join(self, timeout: float | None = None) -> None:
         from .connection import wait

@@ -133,7 +133,8 @@ class Queue:
     while the queue holds that many.
     """
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+    _notempty: threading.Condition
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None, _capacity: int | None = None
                  ) -> None:
@@ -396,7 +397,7 @@ class SimpleQueue:
     """A minimal process-safe FIFO (``multiprocessing.SimpleQueue``'s API): ``put`` blocks
     while the ring is full; there is no feeder thread."""
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, *, ctx: Any = None, _capacity: int | None = None) -> None:
         self._ring = Ring.create(_capacity or _ring_capacity())

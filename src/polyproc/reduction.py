@@ -269,7 +269,7 @@ register(type(list.append), _reduce_method_descriptor)
 register(type(int.__add__), _reduce_method_descriptor)
 
 
-def _reduce_partial(p: functools.partial) -> Any:  # type: ignore[type-arg]
+def _reduce_partial(p: functools.partial[Any]) -> Any:
     return _rebuild_partial, (p.func, p.args, p.keywords or {})
 
 

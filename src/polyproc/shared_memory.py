@@ -264,7 +264,7 @@ class ShareableList:
                 + self._format_packing_metainfo + self._format_back_transform_codes
             )
             self.shm = SharedMemory(name, create=True, size=size)
-            buf = self.shm.buf
+            buf = self._buf
             struct.pack_into("q" + self._format_size_metainfo, buf, 0, self._list_len, *offsets)
             struct.pack_into("".join(formats), buf, self._offset_data_start,
                              *(_encoded(item) for item in items))
@@ -274,12 +274,18 @@ class ShareableList:
                              self._offset_back_transform_codes, *map(_code_of, items))
         else:
             self.shm = SharedMemory(name)
-            self._list_len = struct.unpack_from("q", self.shm.buf, 0)[0]
+            self._list_len = struct.unpack_from("q", self._buf, 0)[0]
             self._allocated_offsets = list(
-                struct.unpack_from(self._format_size_metainfo, self.shm.buf, _ALIGN)
+                struct.unpack_from(self._format_size_metainfo, self._buf, _ALIGN)
             )
 
     # -- layout
+    @property
+    def _buf(self) -> memoryview:
+        # The block's bytes. None once the block is closed: struct then refuses it (TypeError),
+        # as the stdlib's ShareableList does.
+        return self.shm.buf  # type: ignore[return-value]
+
     @property
     def _format_size_metainfo(self) -> str:
         return "q" * (self._list_len + 1)
@@ -313,25 +319,25 @@ class ShareableList:
         return position
 
     def _get_packing_format(self, position: int) -> str:
-        raw = struct.unpack_from("8s", self.shm.buf,
+        raw = struct.unpack_from("8s", self._buf,
                                  self._offset_packing_formats + position * _ALIGN)[0]
         return raw.rstrip(b"\x00").decode(_ENCODING)
 
     def _get_back_transform(self, position: int) -> int:
-        return struct.unpack_from("b", self.shm.buf,
+        return struct.unpack_from("b", self._buf,
                                   self._offset_back_transform_codes + position)[0]
 
     def _set_packing_format_and_transform(self, position: int, fmt: str, value: Any) -> None:
-        struct.pack_into("8s", self.shm.buf, self._offset_packing_formats + position * _ALIGN,
+        struct.pack_into("8s", self._buf, self._offset_packing_formats + position * _ALIGN,
                          fmt.encode(_ENCODING))
-        struct.pack_into("b", self.shm.buf, self._offset_back_transform_codes + position,
+        struct.pack_into("b", self._buf, self._offset_back_transform_codes + position,
                          _code_of(value))
 
     # -- list protocol
     def __getitem__(self, position: int) -> Any:
         position = self._position(position, "index out of range")
         offset = self._offset_data_start + self._allocated_offsets[position]
-        (value,) = struct.unpack_from(self._get_packing_format(position), self.shm.buf, offset)
+        (value,) = struct.unpack_from(self._get_packing_format(position), self._buf, offset)
         return _back(self._get_back_transform(position), value)
 
     def __setitem__(self, position: int, value: Any) -> None:
@@ -349,11 +355,11 @@ class ShareableList:
         # Pack aside first: a value struct refuses (an int out of range) leaves the item as it was.
         packed = struct.pack(fmt, data)
         offset = self._offset_data_start + start
-        self.shm.buf[offset:offset + len(packed)] = packed
+        self._buf[offset:offset + len(packed)] = packed
         self._set_packing_format_and_transform(position, fmt, value)
 
     def __len__(self) -> int:
-        return struct.unpack_from("q", self.shm.buf, 0)[0]
+        return struct.unpack_from("q", self._buf, 0)[0]
 
     def __iter__(self) -> Iterator[Any]:
         for i in range(self._list_len):
@@ -381,7 +387,7 @@ class ShareableList:
                 return position
         raise ValueError(f"{value!r} not in this container")
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 def _attach_list(cls: type[ShareableList], name: str) -> ShareableList:

@@ -23,6 +23,10 @@ TYPE_CHECKING = False  # avoids importing typing at run time (children start fas
 if TYPE_CHECKING:
     from typing import Any
 
+    # A ctypes type (c_int, a Structure, an array type): ``*`` and ``from_buffer`` are methods
+    # of metaclasses the stubs keep private (and change between versions): not checked further.
+    _CType = Any
+
 __all__ = [
     "RawValue", "RawArray", "Value", "Array", "copy", "synchronized",
     "SynchronizedBase", "Synchronized", "SynchronizedArray", "SynchronizedString",
@@ -39,7 +43,7 @@ typecode_to_type: dict[str, type] = {
 }
 
 
-def _ctype(typecode_or_type: Any) -> type:
+def _ctype(typecode_or_type: Any) -> _CType:
     if isinstance(typecode_or_type, str):
         try:
             return typecode_to_type[typecode_or_type]
@@ -54,12 +58,12 @@ def _ctype(typecode_or_type: Any) -> type:
 # ---------------------------------------------------------------- raw objects
 
 
-def _new_value(type_: type) -> Any:
+def _new_value(type_: _CType) -> Any:
     wrapper = heap.BufferWrapper(ctypes.sizeof(type_))
     return _rebuild_ctype(type_, wrapper, None)
 
 
-def _zeroed(type_: type) -> Any:
+def _zeroed(type_: _CType) -> Any:
     obj = _new_value(type_)
     ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))  # blocks may be reused
     return obj
@@ -131,7 +135,7 @@ def _reduce_ctype(obj: Any) -> Any:
     return _rebuild_ctype, (type(obj), wrapper, None)
 
 
-def _rebuild_ctype(type_: type, wrapper: heap.BufferWrapper, length: int | None) -> Any:
+def _rebuild_ctype(type_: _CType, wrapper: heap.BufferWrapper, length: int | None) -> Any:
     if length is not None:
         type_ = type_ * length
     reduction.register(type_, _reduce_ctype)

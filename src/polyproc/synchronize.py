@@ -142,7 +142,7 @@ class Semaphore(SemLock):
     """A counting semaphore shared between processes."""
 
     def __new__(cls, value: int = 1, *, ctx: Any = None) -> Semaphore:
-        return super().__new__(cls, SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)  # type: ignore[return-value]
+        return super().__new__(cls, SEMAPHORE, value, SEM_VALUE_MAX, ctx=ctx)
 
     def get_value(self) -> int:
         """The current value (``NotImplementedError`` on macOS, as the stdlib)."""
@@ -161,7 +161,7 @@ class BoundedSemaphore(Semaphore):
     raises ``ValueError('semaphore or lock released too many times')``."""
 
     def __new__(cls, value: int = 1, *, ctx: Any = None) -> BoundedSemaphore:
-        return SemLock.__new__(cls, SEMAPHORE, value, value, ctx=ctx)  # type: ignore[return-value]
+        return SemLock.__new__(cls, SEMAPHORE, value, value, ctx=ctx)
 
     def __repr__(self) -> str:
         try:
@@ -175,7 +175,7 @@ class Lock(SemLock):
     """A non-recursive lock shared between processes (any process may release it)."""
 
     def __new__(cls, *, ctx: Any = None) -> Lock:
-        return super().__new__(cls, SEMAPHORE, 1, 1, ctx=ctx)  # type: ignore[return-value]
+        return super().__new__(cls, SEMAPHORE, 1, 1, ctx=ctx)
 
     def __repr__(self) -> str:
         try:
@@ -196,7 +196,7 @@ class RLock(SemLock):
     """A recursive lock shared between processes: only its owning thread may release it."""
 
     def __new__(cls, *, ctx: Any = None) -> RLock:
-        return super().__new__(cls, RECURSIVE_MUTEX, 1, 1, ctx=ctx)  # type: ignore[return-value]
+        return super().__new__(cls, RECURSIVE_MUTEX, 1, 1, ctx=ctx)
 
     def __repr__(self) -> str:
         count: object
@@ -435,7 +435,7 @@ class Barrier(threading.Barrier):
     # threading.Barrier keeps _state (0 filling, 1 draining, -1 resetting, -2 broken) and
     # _count as attributes; here they live in shared memory.
     @property
-    def _state(self) -> int:  # type: ignore[override]
+    def _state(self) -> int:
         return self._array[0]
 
     @_state.setter
@@ -443,7 +443,7 @@ class Barrier(threading.Barrier):
         self._array[0] = value
 
     @property
-    def _count(self) -> int:  # type: ignore[override]
+    def _count(self) -> int:
         return self._array[1]
 
     @_count.setter

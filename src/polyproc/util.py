@@ -16,7 +16,7 @@ import weakref
 TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 __all__ = [
@@ -162,7 +162,7 @@ class Finalize:
         self,
         obj: Any,
         callback: Callable[..., Any],
-        args: tuple[Any, ...] = (),
+        args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         exitpriority: int | None = None,
     ) -> None:
@@ -175,8 +175,8 @@ class Finalize:
         else:
             self._weakref = None
         self._callback: Callable[..., Any] | None = callback
-        self._args = args
-        self._kwargs = kwargs or {}
+        self._args: Sequence[Any] | None = args
+        self._kwargs: dict[str, Any] | None = kwargs or {}
         self._key: tuple[int | None, int] | None = (exitpriority, next(_finalizer_counter))
         self._pid = os.getpid()
         _finalizer_registry[self._key] = self
@@ -185,24 +185,27 @@ class Finalize:
         # The registry is bound as a default: at interpreter teardown the module global may
         # already be None when a late weakref callback runs.
         try:
-            del _registry[self._key]  # type: ignore[index]
+            del _registry[self._key]  # a key of None (already run or cancelled): KeyError
         except KeyError:
             return None
         if self._pid != os.getpid():
             res = None  # a forked child must not run its parent's finalizers
         else:
-            res = self._callback(*self._args, **self._kwargs)  # type: ignore[misc]
-        self._weakref = self._callback = self._args = self._kwargs = self._key = None  # type: ignore[assignment]
+            callback, args, kwargs = self._callback, self._args, self._kwargs
+            # Cleared only below, after the registry entry (removed once) is gone.
+            assert callback is not None and args is not None and kwargs is not None
+            res = callback(*args, **kwargs)
+        self._weakref = self._callback = self._args = self._kwargs = self._key = None
         return res
 
     def cancel(self) -> None:
         """Cancel the finalizer without running it."""
         try:
-            del _finalizer_registry[self._key]  # type: ignore[index]
+            del _finalizer_registry[self._key]  # type: ignore[arg-type]  # None: KeyError
         except KeyError:
             pass
         else:
-            self._weakref = self._callback = self._args = self._kwargs = self._key = None  # type: ignore[assignment]
+            self._weakref = self._callback = self._args = self._kwargs = self._key = None
 
     def still_active(self) -> bool:
         return self._key in _finalizer_registry
@@ -272,7 +275,7 @@ def _exit_function() -> None:
         for p in process.active_children():
             if p.daemon:
                 info("calling terminate() for daemon %s", p.name)
-                p._popen.terminate()  # type: ignore[union-attr]
+                p._popen.terminate()
         for p in process.active_children():
             info("calling join() for process %s", p.name)
             p.join()

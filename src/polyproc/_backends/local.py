@@ -113,8 +113,9 @@ class LocalBackend:
         # Slots whose worker could not be started (out of fds, memory, processes): retried
         # with back-off; see _start_failed.
         self.starts = starts.StartRetry()
-        self.slots: Slots | None = None
-        self.sel: selectors.BaseSelector | None = None
+        # Set just below; None only while a failed __init__ cleans up (which checks).
+        self.slots: Slots = None  # type: ignore[assignment]
+        self.sel: selectors.DefaultSelector = None  # type: ignore[assignment]
         try:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)

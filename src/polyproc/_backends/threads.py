@@ -83,6 +83,7 @@ class ThreadBackend:
                 self.wakeup()
                 return
         sched = self.scheduler
+        values: list[Any] | None  # set to None after each batch, to let go of it early
         while True:
             seen = self._generation
             if self._terminating:
@@ -113,7 +114,8 @@ def _run(batch: Batch) -> tuple[list, dict | None, int]:
         values, errors = run_batch({job.fid: job.func}, job.fid, job.star, batch.items,
                                    False, _NO_SLOT, _same)
     else:
-        funcs = {job.fid: job.func for job in batch.jobs}  # type: ignore[union-attr]
+        assert batch.jobs is not None  # a batch without one job packs several
+        funcs = {job.fid: job.func for job in batch.jobs}
         values, errors = run_batch(funcs, MIXED, False, batch.items, True, _NO_SLOT, _same)
     return values, errors, time.monotonic_ns() - t0
 

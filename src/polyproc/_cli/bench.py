@@ -271,13 +271,13 @@ def report(runs: list[ScriptRun], quick: bool, select: str | None) -> tuple[str,
         lines += ["", "Skipped: " + "; ".join(f"{r.name} ({r.skipped})" for r in skipped) + "."]
     if problems:
         lines += ["", "Failed benchmark scripts:"]
-        for r in problems:
-            last = r.stderr_tail[-1] if r.stderr_tail else ""
-            lines.append(f"- {r.name}: exit code {r.returncode}: {last[:200]}")
-    for r in runs:
-        if r.output and not r.skipped:
-            lines += ["", "---", "", f"<!-- benchmarks/bench_{r.name}.py, {r.seconds:.0f} s -->",
-                      "", r.output]
+        for run in problems:
+            last = run.stderr_tail[-1] if run.stderr_tail else ""
+            lines.append(f"- {run.name}: exit code {run.returncode}: {last[:200]}")
+    for run in runs:
+        if run.output and not run.skipped:
+            lines += ["", "---", "", f"<!-- benchmarks/bench_{run.name}.py, {run.seconds:.0f} s -->",
+                      "", run.output]
     return "\n".join(lines) + "\n", rows
 
 
@@ -303,7 +303,7 @@ def write_chart(rows: list[Row], path: Path, title: str = "") -> int:
     from matplotlib.ticker import FuncFormatter
 
     labels = [f"{r.bench}: {r.case}" for r in bars]
-    values = [r.ratio for r in bars]
+    values = [r.ratio for r in bars if r.ratio is not None]  # all of them (see bars)
     colors = ["#2e7d32" if v >= 1 else "#c62828" for v in values]
     height = max(2.5, 0.38 * len(bars) + 1.4)
     fig, ax = plt.subplots(figsize=(10, height))

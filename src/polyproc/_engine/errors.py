@@ -11,6 +11,8 @@ from .._exceptions import TimeoutError as _ProcessTimeoutError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .broken import BrokenProcessPool, ResultUnpicklingError, WorkerLostError
 
 __all__ = ["WorkerLostError", "TaskTimeoutError", "BrokenProcessPool", "RemoteTraceback",
@@ -54,7 +56,7 @@ class _ExceptionWithTraceback:
             self.tb = (f"{type(exc).__qualname__} (its traceback could not be formatted: "
                        f"{type(e).__name__})\n")
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild_exception, (self.exc, self.tb)
 
 

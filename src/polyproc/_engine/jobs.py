@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, cast
 
 from .results import ResultSink
 
@@ -42,12 +42,12 @@ class Job:
         self.star = star
         self.kwargs = kwargs
         if single:  # ``source`` is the call's argument tuple
-            self.seq = None
+            self.seq: Sequence[Any] | None = None
             self.source = source
         else:
             # A list or tuple is sliced (a batch is one C-level copy), a range too (a batch is
             # then a range: a few bytes to pickle, whatever its length); the rest is iterated.
-            self.seq = source if type(source) in (list, tuple, range) else None
+            self.seq = cast("Sequence[Any]", source) if type(source) in (list, tuple, range) else None
             self.source = iter(source)
         self.length = length
         # How many tasks there will be, if known (batch sizing only; ``length`` also says
@@ -86,27 +86,31 @@ class Job:
     def _window(self) -> int:
         # Room for a few batches per worker at the current chunk size, so the window never
         # caps throughput, yet stays a small multiple of one batch: memory stays flat.
+        window = self.window
+        assert window is not None  # only a job with a window asks
         if self.chunksize:  # the caller chose the batch size: make room for it
-            return max(self.window, self.window_scale * self.chunksize)  # type: ignore[type-var]
-        return max(self.window,  # type: ignore[type-var]
+            return max(window, self.window_scale * self.chunksize)
+        return max(window,
                    min(self.window_scale * self.last_size, 4 * MAX_UNKNOWN_CHUNK))
 
-    def take(self, n: int) -> tuple[list[int], list[Any], bool]:
+    def take(self, n: int) -> tuple[Sequence[int], Sequence[Any], bool]:
         """Up to ``n`` tasks: (indices, args, isolated). Requeued tasks come first."""
         if self.requeue:
             index, args, isolate = self.requeue[0]
             if isolate:
                 self.requeue.popleft()
                 return [index], [args], True
-            indices, items = [], []
+            indices: list[int] = []
+            requeued: list[Any] = []
             while self.requeue and len(indices) < n and not self.requeue[0][2]:
                 index, args, _ = self.requeue.popleft()
                 indices.append(index)
-                items.append(args)
-            return indices, items, False
+                requeued.append(args)
+            return indices, requeued, False
         if self.window is not None:
             n = max(1, min(n, self._window() - self.inflight - self.sink.unconsumed()))
         start = self.next_index
+        items: Sequence[Any]
         if self.seq is not None:
             items = self.seq[start:start + n]
         else:
@@ -116,7 +120,7 @@ class Job:
             self.exhausted = True
             self.source = iter(())
             self.seq = None
-        return range(start, start + len(items)), items, False  # type: ignore[return-value]
+        return range(start, start + len(items)), items, False
 
 
 class Batch:
@@ -124,8 +128,8 @@ class Batch:
 
     __slots__ = ("id", "job", "jobs", "indices", "items", "precise", "isolated", "est_ns")
 
-    def __init__(self, job: Job | None, jobs: list[Job] | None, indices: list[int],
-                 items: list[Any], precise: bool, isolated: bool = False,
+    def __init__(self, job: Job | None, jobs: list[Job] | None, indices: Sequence[int],
+                 items: Sequence[Any], precise: bool, isolated: bool = False,
                  est_ns: float | None = None) -> None:
         self.id = 0
         self.est_ns = est_ns  # expected run time, once the tasks' cost is known

@@ -153,7 +153,7 @@ class AsyncResult(ResultSink):
         if waiter is not None and not was_ready:
             waiter.release()
 
-    __class_getitem__ = classmethod(lambda cls, item: cls)  # type: ignore[assignment]
+    __class_getitem__ = classmethod(lambda cls, item: cls)
 
 
 ApplyResult = AsyncResult

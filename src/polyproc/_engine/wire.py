@@ -18,6 +18,10 @@ import struct
 
 from .. import reduction
 
+TYPE_CHECKING = False  # avoids importing typing at run time (children start faster)
+if TYPE_CHECKING:
+    from typing import Any
+
 HEADER = struct.Struct("!QI")
 OOB_THRESHOLD = 1 << 18  # 256 KiB: below this, copying through the socket is cheaper
 _MAX_FDS = 64
@@ -65,7 +69,8 @@ def _to_memfd(buffers: list[pickle.PickleBuffer]) -> int:
         header = struct.pack(f"!I{len(sizes)}Q", len(sizes), *sizes)
         os.ftruncate(fd, len(header) + sum(sizes))
         offset = 0
-        for chunk in (header, *(b.raw() for b in buffers)):
+        chunks: tuple[bytes | memoryview, ...] = (header, *(b.raw() for b in buffers))
+        for chunk in chunks:
             view = memoryview(chunk)
             while view.nbytes:
                 n = os.pwrite(fd, view, offset)
@@ -77,7 +82,7 @@ def _to_memfd(buffers: list[pickle.PickleBuffer]) -> int:
     return fd
 
 
-def loads(data: bytes | memoryview, fds: list[int]) -> object:
+def loads(data: bytes | bytearray | memoryview, fds: list[int]) -> Any:
     """Unpickle a payload made by ``dumps`` (takes ownership of ``fds``)."""
     if not fds:
         return pickle.loads(data)
@@ -119,7 +124,7 @@ def send(sock: socket.socket, payload: bytes, fds: list[int] = ()) -> None:  # t
         sock.sendall(payload)
 
 
-def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv(sock: socket.socket) -> tuple[bytearray, list[int]]:
     """Receive one frame on a blocking socket. Raises EOFError when the peer is gone."""
     fds: list[int] = []
     header = bytearray()
@@ -182,7 +187,7 @@ class FrameReader:
             raise EOFError("worker closed its connection")
         buf = self.buf
         buf += into[:n]
-        frames = []
+        frames: list[tuple[bytearray, list[int]]] = []
         pos = 0
         hsize = HEADER.size
         while len(buf) - pos >= hsize:
@@ -196,7 +201,7 @@ class FrameReader:
             pos = end
         if pos:
             del buf[:pos]
-        return frames  # type: ignore[return-value]
+        return frames
 
     def close(self) -> None:
         for fd in self.fds:

@@ -18,6 +18,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from . import wire
@@ -73,6 +74,8 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
     done = 0
     recv = wire.recv
     loads = wire.loads
+    data: bytearray | None  # set to None after each batch, to let go of it early
+    values: list[Any] | None
     while True:
         try:
             data, fds = recv(sock)
@@ -106,7 +109,7 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
             return
 
 
-def run_batch(funcs: dict, fid: int, star: bool, items: list, precise: bool, slot: Any,
+def run_batch(funcs: dict, fid: int, star: bool, items: Sequence[Any], precise: bool, slot: Any,
               wrap: Any = None) -> tuple[list, dict | None]:
     """Run one batch: ``(values, errors)``, errors ``{position: wrap(exception)}`` or None.
 
@@ -123,7 +126,7 @@ def run_batch(funcs: dict, fid: int, star: bool, items: list, precise: bool, slo
     return _run_fast(funcs[fid], star, items, wrap)
 
 
-def _run_fast(func: Any, star: bool, items: list, wrap: Any) -> tuple[list, dict | None]:
+def _run_fast(func: Any, star: bool, items: Sequence[Any], wrap: Any) -> tuple[list, dict | None]:
     """Run a batch with C-level iteration; exceptions are caught without losing position."""
     values: list = []
     errors = None
@@ -140,7 +143,7 @@ def _run_fast(func: Any, star: bool, items: list, wrap: Any) -> tuple[list, dict
             values.append(None)
 
 
-def _run_precise(func: Any, star: bool, items: list, slot: Any,
+def _run_precise(func: Any, star: bool, items: Sequence[Any], slot: Any,
                  wrap: Any) -> tuple[list, dict | None]:
     """Run a batch recording each task's position and start time (for timeouts and blame)."""
     values: list = []
@@ -159,7 +162,7 @@ def _run_precise(func: Any, star: bool, items: list, slot: Any,
     return values, errors
 
 
-def _run_mixed(funcs: dict, items: list, slot: Any, wrap: Any) -> tuple[list, dict | None]:
+def _run_mixed(funcs: dict, items: Sequence[Any], slot: Any, wrap: Any) -> tuple[list, dict | None]:
     values: list = []
     errors = None
     now = time.monotonic_ns

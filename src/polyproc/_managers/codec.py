@@ -41,7 +41,7 @@ loads = pickle.loads
 _plain_dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Types that pickle the same with or without polyproc's reducers.
-_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_SCALARS: frozenset[type] = frozenset({int, float, str, bytes, bool, type(None), complex})
 _FALLBACK_ERRORS = (pickle.PicklingError, AttributeError, TypeError)
 #: The ``serializer=`` values managers accept.
 SERIALIZERS = ("pickle", "xmlrpclib")
@@ -67,7 +67,7 @@ def check_serializer(serializer: object) -> str:
     if serializer not in SERIALIZERS:
         raise ValueError(f"unsupported serializer {serializer!r}: polyproc managers support "
                          "'pickle' and 'xmlrpclib'")
-    return serializer  # type: ignore[return-value]
+    return serializer
 
 
 def new_codec(serializer: str) -> Any:

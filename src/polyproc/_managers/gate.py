@@ -162,6 +162,7 @@ class Gate:
                     elif data is self:
                         self._drain_wakeups()
                     elif self.pending.get(data.sock.fileno()) is data:
+                        assert data is not None  # (``is`` narrows it to the get's Optional)
                         self._advance(data)
                 self._expire()
                 if self._resume_accepting is not None and _monotonic() >= self._resume_accepting:

@@ -577,6 +577,7 @@ class BaseProxy:
     _method_to_typeid_: dict[str, str] | None = None
     _close: Any = None
     _local_server: Any = None
+    _isauto: bool  # set (True) on AutoProxy's proxies only
 
     def __init__(self, token: Token, serializer: str, manager: Any = None,
                  authkey: bytes | None = None, exposed: Any = None, incref: bool = True,
@@ -782,7 +783,8 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
 # ==================================================================== proxy types
 
 
-def MakeProxyType(name: str, exposed: Any, _cache: dict[Any, type] = {}) -> type:  # noqa: N802, B006
+def MakeProxyType(name: str, exposed: Any, _cache: dict[Any, type[BaseProxy]] = {}  # noqa: B006
+                  ) -> type[BaseProxy]:  # noqa: N802
     """A ``BaseProxy`` subclass whose methods are those named in ``exposed``."""
     exposed = tuple(exposed)
     try:
@@ -795,8 +797,8 @@ def MakeProxyType(name: str, exposed: Any, _cache: dict[Any, type] = {}) -> type
     dic: dict[str, Any] = {"__module__": sys._getframe(1).f_globals.get("__name__", __name__)}
     for meth in exposed:
         dic[meth] = _forwarder(meth)
-    proxy_type = type(name, (BaseProxy,), dic)
-    proxy_type._exposed_ = exposed
+    dic["_exposed_"] = exposed
+    proxy_type: type[BaseProxy] = type(name, (BaseProxy,), dic)
     _cache[(name, exposed)] = proxy_type
     return proxy_type
 

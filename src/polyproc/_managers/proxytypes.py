@@ -53,7 +53,7 @@ class IteratorProxy(BaseProxy):
 class AcquirerProxy(BaseProxy):
     """Proxy of a lock or semaphore."""
 
-    _exposed_ = ("acquire", "release")
+    _exposed_: tuple[str, ...] = ("acquire", "release")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Acquire (waiting up to ``timeout`` seconds if ``blocking``)."""
@@ -200,7 +200,7 @@ class ValueProxy(BaseProxy):
 
     value = property(get, set)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 # The list, dict and set proxies have the methods of Python 3.14's on every version:
@@ -231,7 +231,7 @@ class ListProxy(BaseListProxy):  # type: ignore[valid-type, misc]
         # iter(): with serializer='xmlrpclib' the reversed items come as a list
         return iter(self._callmethod("__reversed__"))
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 _BaseDictProxy = MakeProxyType("_BaseDictProxy", (
@@ -257,7 +257,7 @@ class DictProxy(_BaseDictProxy):  # type: ignore[valid-type, misc]
         # iter(): with serializer='xmlrpclib' the reversed keys come as a list
         return iter(self._callmethod("__reversed__"))
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 _BaseSetProxy = MakeProxyType("_BaseSetProxy", (
@@ -295,7 +295,7 @@ class SetProxy(_BaseSetProxy):  # type: ignore[valid-type, misc]
         self._callmethod("__isub__", (value,))
         return self
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 ArrayProxy = MakeProxyType("ArrayProxy", ("__len__", "__getitem__", "__setitem__"))

@@ -78,11 +78,11 @@ class _Marshaller(xmlrpc.client.Marshaller):
     """``xmlrpc.client``'s marshaller, strict and complete for manager messages: only the
     types of the module docstring, any int size, CR kept."""
 
-    dispatch = dict(xmlrpc.client.Marshaller.dispatch)
+    dispatch: dict[Any, Any] = dict(xmlrpc.client.Marshaller.dispatch)
 
     def __init__(self) -> None:
         super().__init__(None, allow_none=True)
-        self._out: Callable[[str], Any] = [].append  # dump() sets the real one
+        self._out: Callable[[str], Any] = _discard  # dump() sets the real one
 
     def dump(self, message: Any) -> str:
         """The ``<params>`` document holding ``message``."""
@@ -183,12 +183,17 @@ class _Marshaller(xmlrpc.client.Marshaller):
     dispatch["_arbitrary_instance"] = _refuse
     # Dict views and the built-in containers' iterators (what d.keys() or reversed(l)
     # return) travel as lists, as dict views do with pickle.
-    for _t in {type(x) for x in (
-            {}.keys(), {}.values(), {}.items(), iter([]), reversed([]), iter(()),
-            iter(set()), iter({}), reversed({}), iter({}.values()), iter({}.items()),
-            reversed({}.values()), reversed({}.items()))}:
+    _views: tuple[Any, ...] = (
+        {}.keys(), {}.values(), {}.items(), iter([]), reversed([]), iter(()),
+        iter(set()), iter({}), reversed({}), iter({}.values()), iter({}.items()),
+        reversed({}.values()), reversed({}.items()))
+    for _t in {type(x) for x in _views}:
         dispatch[_t] = _items
-    del _t
+    del _t, _views
+
+
+def _discard(_: str) -> None:
+    pass
 
 
 def _encode(message: Any) -> bytes:

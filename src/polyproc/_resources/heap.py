@@ -103,7 +103,8 @@ class Arena:
                 os.close(self.fd)
             raise
         # The fd stays open while the arena is alive: children started later need it.
-        weakref.finalize(self, _close_fd, self.fd).atexit = False
+        # (mypy 1.18 to 2.3 misread the stubs' finalize.atexit as not settable: ignored there.)
+        weakref.finalize(self, _close_fd, self.fd).atexit = False  # type: ignore[misc, unused-ignore]
         with _cache_lock:
             _arena_cache[self.ident] = self
 

@@ -110,6 +110,7 @@ def deliver_steps(authkey: bytes, digest_name: str | None = DEFAULT_DIGEST) -> S
         message = os.urandom(_LEGACY_NONCE_LEN)
     yield CHALLENGE + message
     response = yield None
+    assert response is not None  # run_steps answers a ``yield None`` with what it received
     try:
         _verify_response(authkey, message, response)
     except AuthenticationError:
@@ -122,6 +123,7 @@ def answer_steps(authkey: bytes) -> Steps:
     """The answering side: receive a challenge, answer it, expect a welcome."""
     _check_authkey(authkey)
     message = yield None
+    assert message is not None  # run_steps answers a ``yield None`` with what it received
     if not message.startswith(CHALLENGE):
         raise AuthenticationError("protocol error: expected a challenge")
     message = message[len(CHALLENGE) :]

@@ -86,7 +86,7 @@ class DeadlineSocket:
             raise self._expired() from None
 
     def _exact(self, n: int, started: bool) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
         while n:
             self._arm()
             try:

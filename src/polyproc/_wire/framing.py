@@ -62,7 +62,7 @@ class BadMessageLength(OSError):
     """A frame announced a negative length or one above the caller's limit."""
 
 
-def write_frame(fd: int, buf: Buffer, _write=os.write, _pack=_HEADER.pack) -> None:
+def write_frame(fd: int, buf: bytes | memoryview, _write=os.write, _pack=_HEADER.pack) -> None:
     """Write *buf* as one frame to *fd*.
 
     *buf* must be ``bytes`` or a one-dimensional memoryview of bytes (format
@@ -122,7 +122,7 @@ def read_frame(
 
 def read_length(fd: int) -> int:
     """Read a frame header from *fd* and return the payload length."""
-    header = os.read(fd, 4)
+    header: bytes | bytearray = os.read(fd, 4)
     if len(header) != 4:
         header = _complete(fd, header, 4)
     size = _HEADER.unpack(header)[0]
@@ -206,7 +206,7 @@ def read_into(fd: int, view: memoryview, started: bool = False) -> None:
         pos += n
 
 
-def _complete(fd: int, first: bytes, size: int) -> bytearray:
+def _complete(fd: int, first: bytes | bytearray, size: int) -> bytearray:
     """Finish reading *size* bytes of which *first* was the first read."""
     got = len(first)
     if not got:
@@ -220,7 +220,7 @@ def _complete(fd: int, first: bytes, size: int) -> bytearray:
 def _extended_length(fd: int, size: int) -> int:
     if size != -1:
         raise BadMessageLength("bad message length")
-    data = os.read(fd, 8)
+    data: bytes | bytearray = os.read(fd, 8)
     if len(data) != 8:
         data = _complete(fd, data, 8)
     return _EXTENDED_LENGTH.unpack(data)[0]

@@ -80,7 +80,7 @@ class Connection:
         q = self._in
         deadline = None if timeout is None else time.monotonic() + timeout
         with q.not_empty:
-            while not q._qsize():  # type: ignore[attr-defined]
+            while not q._qsize():
                 if deadline is None:
                     q.not_empty.wait()
                     continue

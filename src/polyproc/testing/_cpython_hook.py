@@ -44,6 +44,10 @@ import types
 import weakref
 from collections.abc import Callable
 
+TYPE_CHECKING = False  # the hook runs in every test process: no typing import at run time
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 MARK = "[cpython-internal]"
 ENV_SRC = "POLYPROC_CPYTHON_SRC"
 ENV_ALARM = "POLYPROC_CPYTHON_ALARM"
@@ -78,7 +82,7 @@ class Placeholder:
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "_pp_name", name)
 
-    def _pp_fail(self, *args: object, **kwargs: object) -> None:
+    def _pp_fail(self, *args: object, **kwargs: object) -> NoReturn:
         raise CPythonInternalError(
             f"{self._pp_name} is a CPython internal that polyproc does not provide {MARK}")
 
@@ -260,7 +264,7 @@ def verify() -> list[str]:
         problems.append("alias hook not installed")
     polyproc = importlib.import_module("polyproc")
     src = os.environ.get(ENV_SRC)
-    if src and not os.path.abspath(polyproc.__file__).startswith(os.path.join(src, "")):
+    if src and not os.path.abspath(str(polyproc.__file__)).startswith(os.path.join(src, "")):
         problems.append(f"polyproc imported from {polyproc.__file__}, expected under {src}")
     import concurrent.futures as cf
 

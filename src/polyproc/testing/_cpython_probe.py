@@ -81,7 +81,9 @@ def probes() -> list[tuple[str, bool, dict[str, Any]]]:
             out.append((f"{method} ProcessPoolExecutor worker", True,
                         ex.submit(report).result(timeout=120)))
 
-    class _Manager(multiprocessing.managers.BaseManager):
+    base_manager: Any = multiprocessing.managers.BaseManager  # the aliased one: polyproc's
+
+    class _Manager(base_manager):
         pass
 
     _Manager.register("probe", ProbeObject)

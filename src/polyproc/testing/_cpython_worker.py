@@ -149,7 +149,8 @@ class EventResult(unittest.TestResult):
         self._current = None
 
     def _exc(self, err: Any, test: Any) -> tuple[str, str]:
-        return _reason(err[1]), self._exc_info_to_string(err, test)
+        # unittest.TestResult's private formatter (not in the stubs): the stdlib's own text.
+        return _reason(err[1]), self._exc_info_to_string(err, test)  # type: ignore[attr-defined]
 
     def _fixture(self, holder: Any, outcome: str, reason: str, tb: str = "") -> None:
         self.emit(e="fixture", id=holder.id() if hasattr(holder, "id") else str(holder),
@@ -233,7 +234,7 @@ def run(suite: str, method: str, ids: list[str], events: TextIO, stack: TextIO) 
     for name, why in importlib.import_module(HOOK).GAPS_FILLED.items():
         result.emit(e="gap", name=name, why=why)
     unittest.TestSuite(tests).run(result)
-    unittest.suite._call_if_exists(result, "_restoreStdout")
+    unittest.suite._call_if_exists(result, "_restoreStdout")  # type: ignore[attr-defined]
     _check_aliases("test process after the tests", result)
     result.emit(e="done")
 

@@ -345,10 +345,10 @@ class ClassRun:
             self._set(i, "error", "not run: the test process ended without running it")
         for row in list(self.results.values()) + self.extra:
             if row["outcome"] in ("failed", "error"):
-                why = internal_reason(self.suite, short_id(row["id"]))
-                if why:
+                internal = internal_reason(self.suite, short_id(row["id"]))
+                if internal:
                     row["raw_outcome"], row["outcome"] = row["outcome"], "internal"
-                    row["internal_because"] = why
+                    row["internal_because"] = internal
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         tests = [self.results[i] for i in self.ids] + self.extra

@@ -120,7 +120,7 @@ class DaskContext(BaseContext):
         return client, cluster
 
     # -- what cannot work across machines
-    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]  # noqa: N802 - none here: it raises
         raise _unsupported("Process", "Submit the function to a pool or executor of this "
                            "context instead (pool.apply_async / executor.submit).")
 

@@ -122,7 +122,7 @@ class DaskBackend:
         self._closed = False
         self._broken = False
         self._restart_warned = False
-        self.stats = collections.Counter()  # batches, scattered objects/payloads, bytes sent
+        self.stats: collections.Counter[str] = collections.Counter()  # batches, scattered objects/payloads, bytes sent
         self._scatter = ScatterCache(client, ctx.scatter_threshold, self.stats)
         self._prev_handler = None
         self._subscribed = False

@@ -57,6 +57,8 @@ def _cloud_picklers() -> tuple[type, type]:
 
     class _CloudPickler(base):  # type: ignore[misc, valid-type]
         if code_reduce is not None:
+            assert table is not None  # code_reduce came from it
+
             def _reduce_code(co: types.CodeType) -> Any:
                 rv = code_reduce(co)
                 args = tuple(co.co_filename if type(a) is str and a == "<dynamic-code>" else a

@@ -67,8 +67,9 @@ class Session:
                         and value.__globals__ is not getattr(module, "__dict__", None)):
                     ns[name] = _rebind(value, ns)
                     changed = True
-        if ns.get(obj.__name__) is obj:
-            ns[obj.__name__] = new
+        fname = obj.__name__
+        if ns.get(fname) is obj:
+            ns[fname] = new
         return new
 
 
