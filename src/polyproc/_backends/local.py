@@ -511,6 +511,14 @@ class LocalBackend:
             self.scheduler.fail_all(err)
             self._closing = True
             return
+        if msg[0] == "unloadable":
+            # The worker could not unpickle its oldest batch (see worker.main); it exits now,
+            # and its other batches run elsewhere. Its tasks fail with the worker's error
+            # (each run again alone first if there were several: only a culprit fails).
+            if w.inflight:
+                w.completed += 1  # it did take part: its exit is no start-up failure
+                self.scheduler.outcomes_unloadable(w.inflight.popleft(), msg[1])
+            return
         batch_id, values, errors, elapsed = msg
         if w.inflight and w.inflight[0].id == batch_id:
             w.inflight.popleft()
