@@ -358,11 +358,12 @@ class Ring:
         context.assert_spawning(self)
         return _attach, (reduction.DupFd(self.fd), self.capacity)
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # ``_close`` is bound now: a ring freed at interpreter exit may find ``os`` gone.
         fd, self.fd = getattr(self, "fd", -1), -1
         if fd >= 0:
             try:
-                os.close(fd)
+                _close(fd)
             except OSError:
                 pass
 
