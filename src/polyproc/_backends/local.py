@@ -99,6 +99,9 @@ class LocalBackend:
         # only when a batch is waiting and every worker has all it can take (see _fill).
         # Not under fork, like the stdlib: forking later means forking a threaded process.
         self._on_demand = on_demand and not self._fork
+        # The executor's workers are not daemonic (the stdlib's since 3.9), so its tasks may
+        # start processes and pools of their own; a Pool's are, as the stdlib's.
+        self._daemon = not on_demand
         # On demand, how many workers the submits so far asked for, and how many tasks
         # workers have finished that no submit has counted on yet (an idle worker each, as
         # the stdlib reckons it); see demand().
@@ -274,7 +277,7 @@ class LocalBackend:
                 target=worker.main,
                 args=(child_sock, self.slots, slot, self.initializer, self.initargs,
                       self.maxtasks, close_fds),
-                name=f"{self.name}-{next(self._counter)}", daemon=True)
+                name=f"{self.name}-{next(self._counter)}", daemon=self._daemon)
             try:
                 proc.start()
             finally:
