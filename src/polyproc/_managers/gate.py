@@ -12,11 +12,10 @@ Limits on peers that have not authenticated:
   peer is dropped at the deadline.
 * ``max_pending`` (the server's ``max_handshakes``): unfinished handshakes at once.  At the
   limit, new connections wait in the listening socket's backlog until a handshake finishes,
-  or until the *oldest* unfinished one has had :data:`DROP_AFTER` seconds, when it is dropped
-  to make room: an honest handshake takes milliseconds, so the oldest is the likeliest to be
-  stalled, and a flood of stalled peers cannot lock honest clients out for a whole
-  ``timeout``; a burst of honest clients (hundreds connecting at once) is served, not
-  dropped.
+  or until the *oldest* unfinished one has had :data:`DROP_AFTER` seconds (at most half of
+  ``timeout``), when it is dropped to make room: the oldest is the likeliest to be stalled,
+  and a flood of stalled peers cannot lock honest clients out for a whole ``timeout``; a
+  burst of honest clients (hundreds connecting at once) is served, not dropped.
 * every handshake message is at most :data:`polyproc._wire.auth.MAX_MESSAGE` bytes; a longer
   (or negative) length header drops the peer before its payload is read.
 
@@ -55,9 +54,10 @@ _WRITE = selectors.EVENT_WRITE
 _ACCEPTS_PER_WAKEUP = 64
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 #: Seconds an unfinished handshake may take before a new connection, arriving with
-#: ``max_handshakes`` pending, may push it out (honest ones finish in milliseconds, or in
-#: tenths of a second on a machine swamped by a burst of clients).
-DROP_AFTER = 1.0
+#: ``max_handshakes`` pending, may push it out (at most half the handshake timeout). Honest
+#: ones finish in milliseconds, but in seconds on a small machine swamped by a burst of
+#: hundreds of clients, whose threads answer slowly.
+DROP_AFTER = 5.0
 _monotonic = time.monotonic
 
 
@@ -226,12 +226,13 @@ class Gate:
         if len(self.pending) < self.max_pending:
             return True
         oldest = next(iter(self.pending.values()))
-        if _monotonic() - oldest.started >= DROP_AFTER:
+        after = DROP_AFTER if self.timeout is None else min(DROP_AFTER, self.timeout / 2)
+        if _monotonic() - oldest.started >= after:
             return True  # _admit drops it
         assert self._selector is not None
         self._selector.unregister(self.listener)
         self._full = True
-        self._resume_accepting = oldest.started + DROP_AFTER
+        self._resume_accepting = oldest.started + after
         return False
 
     def _accept_some(self) -> None:
