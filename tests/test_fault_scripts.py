@@ -321,7 +321,7 @@ def check(outcomes):
         elif x == "oom":
             assert type(o) is MemoryError, (x, o)
         elif x == "sys.exit":
-            assert isinstance(o, SystemExit) and o.code == 4, (x, o)
+            assert isinstance(o, SystemExit) and o.args == (4,), (x, o)
         else:
             assert o == x * 2, (x, o)
 
