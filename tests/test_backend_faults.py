@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import _fault_targets as ft
+import _backend_fault_targets as ft
 import polyproc
 from _dask_cluster import HAVE_DISTRIBUTED, cli_cluster, wait_for_workers
 from polyproc.pool import ThreadPool

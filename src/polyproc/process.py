@@ -313,12 +313,14 @@ class BaseProcess:
             else:
                 sys.stderr.write(str(e.code) + "\n")
                 exitcode = 1
-        except BaseException:
+                _note_error(f"SystemExit: {e.code}")
+        except BaseException as e:
             exitcode = 1
             import traceback
 
             sys.stderr.write(f"Process {self.name}:\n")
             traceback.print_exc()
+            _note_error(e)  # for the parent, which sees only the exit code otherwise
         finally:
             threading._shutdown()  # type: ignore[attr-defined]
             util.info("process exiting with exitcode %d", exitcode)
@@ -335,6 +337,14 @@ class BaseProcess:
     @staticmethod
     def _after_fork() -> None:
         """Hook run in the child before ``run``; fork children also run after-fork hooks."""
+
+
+def _note_error(error: BaseException | str) -> None:
+    """Note the error this child exits with; it is sent to the parent as the child exits."""
+    from ._spawn import _popen
+
+    line = error if isinstance(error, str) else _popen.error_line(error)
+    _popen.note_error(line, _popen.IN_RUN)
 
 
 def _close_stdin() -> None:

@@ -105,6 +105,9 @@ class SharedMemory:
                 if track:
                     _tracker().register(name, "shared_memory")
                     self._registered = True
+                from ._resources import space
+
+                space.check_room(fd, size, "a shared memory block")
                 os.ftruncate(fd, size)
             size = os.fstat(fd).st_size
             self._mmap = mmap.mmap(fd, size)  # ValueError for an empty block, like the stdlib

@@ -16,6 +16,7 @@ Like the stdlib, these objects reach other processes only by inheritance: as arg
 from __future__ import annotations
 
 import _multiprocessing
+import errno
 import os
 import secrets
 import sys
@@ -105,6 +106,12 @@ class SemLock(_multiprocessing.SemLock):
                 self = super().__new__(cls, kind, value, maxvalue, name, is_fork_ctx)
             except FileExistsError:
                 continue
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                from ._resources import space
+
+                raise space.full_error(e, f"a named semaphore for a {cls.__name__}") from e
             break
         else:
             raise FileExistsError("cannot find a free name for a semaphore")

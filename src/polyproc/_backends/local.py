@@ -100,6 +100,9 @@ class LocalBackend:
         # only when a batch is waiting and every worker has all it can take (see _fill).
         # Not under fork, like the stdlib: forking later means forking a threaded process.
         self._on_demand = on_demand and not self._fork
+        # The executor's workers are not daemonic (the stdlib's since 3.9), so its tasks may
+        # start processes and pools of their own; a Pool's are, as the stdlib's.
+        self._daemon = not on_demand
         # On demand, how many workers the submits so far asked for, and how many tasks
         # workers have finished that no submit has counted on yet (an idle worker each, as
         # the stdlib reckons it); see demand().
@@ -131,7 +134,7 @@ class LocalBackend:
             # program that retries does not leak with every try.
             self._terminating = True
             self._shutdown_workers()
-            if isinstance(e, Exception):
+            if isinstance(e, OSError) or starts.is_transient(e):  # what ran out, what to do
                 starts.add_note(e, f"(polyproc could not start a pool of {processes} "
                                    f"worker(s): {starts.describe(e)})")
             raise
@@ -276,7 +279,7 @@ class LocalBackend:
                 target=worker.main,
                 args=(child_sock, self.slots, slot, self.initializer, self.initargs,
                       self.maxtasks, close_fds),
-                name=f"{self.name}-{next(self._counter)}", daemon=True)
+                name=f"{self.name}-{next(self._counter)}", daemon=self._daemon)
             try:
                 proc.start()
             finally:
@@ -513,6 +516,14 @@ class LocalBackend:
             self.scheduler.fail_all(err)
             self._closing = True
             return
+        if msg[0] == "unloadable":
+            # The worker could not unpickle its oldest batch (see worker.main); it exits now,
+            # and its other batches run elsewhere. Its tasks fail with the worker's error
+            # (each run again alone first if there were several: only a culprit fails).
+            if w.inflight:
+                w.completed += 1  # it did take part: its exit is no start-up failure
+                self.scheduler.outcomes_unloadable(w.inflight.popleft(), msg[1])
+            return
         batch_id, values, errors, elapsed = msg
         if w.inflight and w.inflight[0].id == batch_id:
             w.inflight.popleft()
@@ -539,6 +550,7 @@ class LocalBackend:
         exitcode = w.proc.exitcode
         if getattr(w.proc._popen, "exit_unknown", False):
             exitcode = _errors.EXIT_UNKNOWN  # its fork server died first: nobody knows it
+        report = _child_error(w.proc) if exitcode else None  # before close() ends the popen
         for key in (w.sock, w.proc.sentinel):
             try:
                 self.sel.unregister(key)
@@ -558,11 +570,23 @@ class LocalBackend:
             # It died before starting any batch: it can't even start (e.g. the main module
             # or the initializer crashes it). Don't respawn forever.
             self._startup_failures += 1
-            if self._startup_failures >= _STARTUP_FAILURES_LIMIT * self.n:
+            line, at_start = report or ("", False)
+            said = f": {line}" if line else ""
+            if at_start and not line.startswith(_TRANSIENT_START_ERRORS):
+                # It could not even prepare (import the parent's main module, unpickle its
+                # process): every new worker would fail the same way, and print it again.
+                self.scheduler.fail_all(_errors.BrokenProcessPool(
+                    f"a pool worker could not start: pid {w.pid} {describe_exit(exitcode)} "
+                    f"before running any task{said}. The pool cannot run tasks; fix that "
+                    "error (the worker's traceback is above: typically the main module fails "
+                    "to import in a new interpreter, or starts processes at import time "
+                    "without the `if __name__ == '__main__':` guard)"))
+                self._closing = True
+            elif self._startup_failures >= _STARTUP_FAILURES_LIMIT * self.n:
                 self.scheduler.fail_all(_errors.BrokenProcessPool(
                     f"pool workers keep dying before running any task (the last, pid {w.pid}, "
-                    f"{describe_exit(exitcode)}); check the initializer and what the workers "
-                    "import (its error output is above)"))
+                    f"{describe_exit(exitcode)}{said}); check the initializer and what the "
+                    "workers import (its error output is above)"))
                 self._closing = True
         if not self._terminating and not (self._closing and self.scheduler.idle()):
             if self.starts.slots:  # starting workers fails now: wait for the next attempt
@@ -723,6 +747,11 @@ class LocalBackend:
                 w.sock.close()
             except OSError:
                 pass
+            try:  # its sentinel and pipes now, not when the cyclic GC gets to the object
+                if w.proc.exitcode is not None:
+                    w.proc.close()
+            except (OSError, ValueError, AttributeError):
+                pass
         self.workers.clear()
         # Anything still waiting (terminate, or a dispatcher failure) gets its outcome now.
         if not self.scheduler.idle():
@@ -738,6 +767,19 @@ class LocalBackend:
         util.close_fds(*(fd for fd in fds if fd >= 0))
         if self.slots is not None:
             self.slots.close()  # its memfd: one fd per pool otherwise, never closed
+
+
+#: A worker that failed to start with one of these may well start next time (the machine was
+#: short of something): only failing ``_STARTUP_FAILURES_LIMIT`` times in a row breaks the pool.
+_TRANSIENT_START_ERRORS = ("MemoryError", "OSError", "BlockingIOError", "InterruptedError")
+
+
+def _child_error(proc: Any) -> tuple[str, bool] | None:
+    """What a dead worker reported as its error (see ``Popen.child_error``), if anything."""
+    try:
+        return proc._popen.child_error()
+    except Exception:  # a custom context's process, or nothing to read
+        return None
 
 
 _ERRORS_LOADED = False

@@ -81,7 +81,19 @@ def main(sock: Any, slots: Slots, slot_index: int, initializer: Any, initargs: t
             data, fds = recv(sock)
         except (EOFError, OSError):
             return
-        msg = loads(data, fds)
+        except MemoryError as e:  # the frame does not fit here: the stream is lost with it
+            _unloadable(sock, e)
+            return
+        try:
+            msg = loads(data, fds)
+        except Exception as e:
+            # Its arguments cannot be rebuilt here (out of memory, a __setstate__ raising, a
+            # class this process cannot import): that is the outcome of its tasks, not the
+            # end of the worker as one that never started. The functions the message carried
+            # are lost with it, so a new worker takes over the batches sent behind it.
+            data = None
+            _unloadable(sock, e)
+            return
         if msg is STOP:
             return
         batch_id, new_funcs, fid, star, items, precise = msg
@@ -177,6 +189,15 @@ def _run_mixed(funcs: dict, items: Sequence[Any], slot: Any, wrap: Any) -> tuple
             errors[pos] = wrap(e)
             values.append(None)
     return values, errors
+
+
+def _unloadable(sock: Any, exc: BaseException) -> None:
+    """Tell the parent that the oldest batch it sent cannot be unpickled here, and why."""
+    _note(exc, f"(raised in worker pid {os.getpid()} while unpickling the task's arguments)")
+    try:
+        _send(sock, ("unloadable", check_errors({0: _with_traceback(exc)}, wire.dumps)[0]))
+    except (MemoryError, OSError):
+        pass  # the parent sees the worker die
 
 
 def _send(sock: Any, msg: Any) -> None:

@@ -10,10 +10,12 @@ Limits on peers that have not authenticated:
 * ``timeout`` (the server's ``handshake_timeout``): the whole handshake must be done this
   many seconds after the connection was accepted, however the peer spreads its bytes; a late
   peer is dropped at the deadline.
-* ``max_pending`` (the server's ``max_handshakes``): unfinished handshakes at once.  When a
-  new connection arrives at the limit, the *oldest* unfinished one is dropped: an honest
-  handshake takes milliseconds, so the oldest is the likeliest to be stalled, and a flood of
-  stalled peers cannot lock honest clients out for a whole ``timeout``.
+* ``max_pending`` (the server's ``max_handshakes``): unfinished handshakes at once.  At the
+  limit, new connections wait in the listening socket's backlog until a handshake finishes,
+  or until the *oldest* unfinished one has had :data:`DROP_AFTER` seconds (at most half of
+  ``timeout``), when it is dropped to make room: the oldest is the likeliest to be stalled,
+  and a flood of stalled peers cannot lock honest clients out for a whole ``timeout``; a
+  burst of honest clients (hundreds connecting at once) is served, not dropped.
 * every handshake message is at most :data:`polyproc._wire.auth.MAX_MESSAGE` bytes; a longer
   (or negative) length header drops the peer before its payload is read.
 
@@ -51,6 +53,11 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _ACCEPTS_PER_WAKEUP = 64
 _ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
+#: Seconds an unfinished handshake may take before a new connection, arriving with
+#: ``max_handshakes`` pending, may push it out (at most half the handshake timeout). Honest
+#: ones finish in milliseconds, but in seconds on a small machine swamped by a burst of
+#: hundreds of clients, whose threads answer slowly.
+DROP_AFTER = 5.0
 _monotonic = time.monotonic
 
 
@@ -61,13 +68,14 @@ class _NeverRaised(Exception):
 class _Pending:
     """One connection in its handshake."""
 
-    __slots__ = ("sock", "name", "deadline", "steps", "out", "failing", "receiving", "inbuf",
-                 "events", "tls")
+    __slots__ = ("sock", "name", "started", "deadline", "steps", "out", "failing", "receiving",
+                 "inbuf", "events", "tls")
 
-    def __init__(self, sock: Any, name: str, deadline: float | None, steps: Any,
-                 tls: bool) -> None:
+    def __init__(self, sock: Any, name: str, started: float, deadline: float | None,
+                 steps: Any, tls: bool) -> None:
         self.sock = sock
         self.name = name
+        self.started = started
         self.deadline = deadline
         self.steps = steps
         self.out = b""  # framed bytes still to send
@@ -111,6 +119,7 @@ class Gate:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._resume_accepting: float | None = None
+        self._full = False  # not accepting until a handshake slot is free (see _room)
         if ssl_context is not None:
             import ssl
 
@@ -167,6 +176,7 @@ class Gate:
                 self._expire()
                 if self._resume_accepting is not None and _monotonic() >= self._resume_accepting:
                     self._resume_accepting = None
+                    self._full = False
                     sel.register(self.listener, _READ, None)
         except Exception:
             if not self.stopping:
@@ -210,9 +220,27 @@ class Gate:
                           "connecting (a silent or too slow peer, or one that does not speak "
                           "this protocol)")
 
+    def _room(self) -> bool:
+        """Whether a new connection may be accepted now: below ``max_pending``, or the oldest
+        pending handshake is old enough to be dropped for it. If not, stop watching the
+        listener (connections wait in its backlog) until a slot frees or the oldest is."""
+        if len(self.pending) < self.max_pending:
+            return True
+        oldest = next(iter(self.pending.values()))
+        after = DROP_AFTER if self.timeout is None else min(DROP_AFTER, self.timeout / 2)
+        if _monotonic() - oldest.started >= after:
+            return True  # _admit drops it
+        assert self._selector is not None
+        self._selector.unregister(self.listener)
+        self._full = True
+        self._resume_accepting = oldest.started + after
+        return False
+
     def _accept_some(self) -> None:
         listener = self.listener
         for _ in range(_ACCEPTS_PER_WAKEUP):
+            if not self._room():
+                return
             try:
                 sock, peer = listener.accept()
             except BlockingIOError:
@@ -249,8 +277,9 @@ class Gate:
             self.logger.warning("%s: dropped %s before authentication: %s", self.where, name,
                                 _reason(e))
             return
-        deadline = None if self.timeout is None else _monotonic() + self.timeout
-        p = _Pending(sock, name, deadline, auth.server_steps(self.authkey), tls)
+        now = _monotonic()
+        deadline = None if self.timeout is None else now + self.timeout
+        p = _Pending(sock, name, now, deadline, auth.server_steps(self.authkey), tls)
         self.pending[sock.fileno()] = p
         self._advance(p)
 
@@ -264,6 +293,8 @@ class Gate:
 
     def _forget(self, p: _Pending) -> None:
         self.pending.pop(p.sock.fileno(), None)
+        if self._full:  # a slot is free: accept again at once
+            self._resume_accepting = _monotonic()
         if p.events and self._selector is not None:
             try:
                 self._selector.unregister(p.sock)

@@ -134,6 +134,25 @@ _LEN_MASK = (1 << 32) - 1
 _SPIN = 50
 
 
+def _repairer(hq: Any, items: Any, writer: bool) -> Callable[[], None]:
+    """What to do on taking over the write (``writer``) or read lock from a dead owner."""
+    if writer:
+        def repair() -> None:
+            # The dead writer may have committed a record without posting its token: post
+            # one (a surplus token only costs a spurious wake-up). A stream it left
+            # unfinished is dropped by the reader when the next message starts or when it
+            # finds the write lock free.
+            hq[_I_WWAIT] = 0
+            items.release()
+    else:
+        def repair() -> None:
+            # The dead reader never moved head past a record it had not finished; the rest
+            # of a stream it had half read is skipped by the next reader. It may have died
+            # asleep.
+            hq[_I_RWAIT] = 0
+    return repair
+
+
 class Ring:
     """One ring segment as mapped in this process (see the module docstring).
 
@@ -171,8 +190,11 @@ class Ring:
         self.unfinished: Any = sems["unfinished"]
         self.done: Any = sems["done"]
         self.joiners: Any = sems["joiners"]
-        self.wlock = RobustMutex(base + _OFF_WLOCK, self._repair_writer)
-        self.rlock = RobustMutex(base + _OFF_RLOCK, self._repair_reader)
+        # No callable kept by the ring may hold the ring itself: a reference cycle would keep
+        # its fds (the memfd and mmap's copy of it) open until the cyclic GC runs, so a
+        # program making queues in a loop could run out of fds where the stdlib's would not.
+        self.wlock = RobustMutex(base + _OFF_WLOCK, _repairer(self.hq, self.items, True))
+        self.rlock = RobustMutex(base + _OFF_RLOCK, _repairer(self.hq, self.items, False))
         self.put_nowait = self._make_put_nowait()
         self.try_send = self._make_try_send()
 
@@ -196,28 +218,22 @@ class Ring:
         _spawning.assert_spawning(self)
         return _attach, (reduction.DupFd(self.fd), self.capacity)
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # ``_close`` is bound now: a ring freed at interpreter exit may find ``os`` gone.
         fd, self.fd = getattr(self, "fd", -1), -1
         if fd >= 0:
             try:
-                os.close(fd)
+                _close(fd)
             except OSError:
                 pass
 
     # -- recovery -----------------------------------------------------------------------------
 
     def _repair_writer(self) -> None:
-        # The dead writer may have committed a record without posting its token: post one
-        # (a surplus token only costs a spurious wake-up). A stream it left unfinished is
-        # dropped by the reader when the next message starts or when it finds the write
-        # lock free.
-        self.hq[_I_WWAIT] = 0
-        self.items.release()
+        _repairer(self.hq, self.items, True)()
 
     def _repair_reader(self) -> None:
-        # The dead reader never moved head past a record it had not finished; the rest of
-        # a stream it had half read is skipped by the next reader. It may have died asleep.
-        self.hq[_I_RWAIT] = 0
+        _repairer(self.hq, self.items, False)()
 
     # -- state --------------------------------------------------------------------------------
 
@@ -292,8 +308,11 @@ class Ring:
         wlock = self.wlock
         wptr = wlock.ptr
         acquire_after = wlock.acquire_after
-        writer_waiting = self.writer_waiting
         items_release = self.items.release
+
+        def writer_waiting() -> bool:  # as the method, without a reference to the ring
+            return hq[_I_WWAIT] != 0
+
         hq = self.hq
         always_post = not _TSO
         trylock = _mutex_trylock

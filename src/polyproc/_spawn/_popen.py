@@ -15,12 +15,66 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 _own_sentinel_fd: int | None = None  # write end of this process's death pipe (held until exit)
+#: What this child reports to its parent as it exits after a failure (see ``note_error``).
+_error_report: bytes | None = None
+#: Kinds of a child's error report: it failed before its target ran (preparing the parent's
+#: setup: importing its main module, unpickling the process), or its target raised.
+AT_START, IN_RUN = b"S", b"R"
+#: A report fits in one atomic pipe write (PIPE_BUF is at least 512 bytes).
+_REPORT_MAX = 500
 
 
 def set_own_sentinel_fd(fd: int | None) -> None:
-    """Remember the fd whose closing tells our parent we died (a forked child closes it)."""
+    """Remember the fd whose closing tells our parent we died (a forked child closes it).
+
+    A child that fails writes its error report there just before it exits (``send_error``):
+    the parent reads it from its sentinel (the fork server forwards it with the exit status).
+    """
     global _own_sentinel_fd
     _own_sentinel_fd = fd
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` on one line, cut short; never raises (what a traceback's
+    last line says, for a parent that only sees the exit code)."""
+    try:
+        kind = type(exc)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__", "__mp_main__"):
+            name = f"{kind.__module__}.{name}"
+        text = " ".join(str(exc).split())
+        line = f"{name}: {text}" if text else name
+    except BaseException:
+        line = "an exception whose str() failed"
+    return line if len(line) <= _REPORT_MAX else line[:_REPORT_MAX - 3] + "..."
+
+
+def note_error(line: str, kind: bytes) -> None:
+    """Remember the error this child fails with, for ``send_error`` (the last one wins)."""
+    global _error_report
+    try:
+        _error_report = kind + line.encode("utf-8", "replace")[:_REPORT_MAX]
+    except BaseException:
+        pass
+
+
+def send_error() -> None:
+    """Write the noted error report to the parent, if any (last thing before exiting)."""
+    global _error_report
+    report, _error_report = _error_report, None
+    if report is None or _own_sentinel_fd is None:
+        return
+    try:
+        os.write(_own_sentinel_fd, report)
+    except OSError:
+        pass
+
+
+def parse_error_report(data: bytes) -> tuple[str, bool] | None:
+    """``(line, at_start)`` of a child's error report as the parent read it (None: none)."""
+    if len(data) < 2 or data[:1] not in (AT_START, IN_RUN):
+        return None
+    return data[1:].decode("utf-8", "replace"), data[:1] == AT_START
 
 
 def after_fork_in_child() -> None:
@@ -57,7 +111,10 @@ def exit_forked_child(code: int) -> NoReturn:
             atexit._run_exitfuncs()
             util._flush_std_streams()
     finally:
-        os._exit(code)
+        try:
+            send_error()
+        finally:
+            os._exit(code)
 
 
 def pickle_start_data(popen: Any, process_obj: Any) -> tuple[bytes, bytes]:
@@ -92,6 +149,26 @@ class PopenBase:
     sentinel: int
     returncode: int | None = None
     finalizer: util.Finalize | None = None
+    _error: tuple[str, bool] | None = None
+    _error_read = False
+
+    def child_error(self) -> tuple[str, bool] | None:
+        """The error the child reported as it exited after a failure: ``(line, at_start)``,
+        ``line`` the last line of its traceback, ``at_start`` True if it failed before its
+        target ran (e.g. importing the parent's main module). None: it ran, or said nothing.
+        """
+        if self._error_read or self.returncode is None:
+            return self._error
+        self._error_read = True
+        fd = self.sentinel
+        if fd is None or (self.finalizer is not None and not self.finalizer.still_active()):
+            return None  # closed: the fd number may be another file's now
+        try:
+            if wait_fd(fd, 0):
+                self._error = parse_error_report(os.read(fd, _REPORT_MAX + 1))
+        except (OSError, ValueError):
+            pass
+        return self._error
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         if self.returncode is None:

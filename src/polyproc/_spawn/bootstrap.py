@@ -155,12 +155,16 @@ def run_child(data_fd: int, parent_sentinel: int | None) -> int:
         finally:
             del current._inheriting  # type: ignore[attr-defined]
     except SystemExit as e:
+        if not isinstance(e.code, int) and e.code is not None:
+            _popen.note_error(f"SystemExit: {e.code}", _popen.AT_START)
         return e.code if isinstance(e.code, int) else 1
-    except BaseException:
+    except BaseException as e:
         import traceback
 
         traceback.print_exc()
         util._flush_std_streams()
+        # What the parent sees besides the exit code (e.g. a pool names it in its error).
+        _popen.note_error(_popen.error_line(e), _popen.AT_START)
         return 1
     return process_obj._bootstrap(parent_sentinel=parent_sentinel)
 
@@ -172,4 +176,5 @@ def spawn_main(data_fd: int, death_fd: int) -> None:
     os.set_inheritable(data_fd, False)
     _popen.set_own_sentinel_fd(death_fd)
     exitcode = run_child(data_fd, parent_sentinel=data_fd)
+    _popen.send_error()
     sys.exit(exitcode)

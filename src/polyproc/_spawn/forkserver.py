@@ -27,11 +27,14 @@ from typing import Any
 
 from .. import util
 from ._popen import (
+    _REPORT_MAX,
     PopenBase,
     after_fork_in_child,
     child_command,
     exit_forked_child,
     pickle_start_data,
+    parse_error_report,
+    set_own_sentinel_fd,
     wait_fd,
     write_frames,
 )
@@ -291,10 +294,20 @@ class Popen(PopenBase):
                 data += chunk
             if len(data) == _STATUS.size:
                 self.returncode = _STATUS.unpack(data)[0]
+                self._read_error_report()
             elif not self._adopt_orphan():
                 # The fork server died before it could report, and so did the child.
                 self.returncode, self.exit_unknown = 255, True
         return self.returncode
+
+    def _read_error_report(self) -> None:
+        # The server sends the child's error report (if any) right behind its exit status.
+        self._error_read = True
+        try:
+            if wait_fd(self.sentinel, 0):
+                self._error = parse_error_report(os.read(self.sentinel, _REPORT_MAX + 1))
+        except OSError:
+            pass
 
     def wait(self, timeout: float | None = None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -367,7 +380,8 @@ def main(sock_fd: int, alive_fd: int) -> None:
     os.set_blocking(sig_w, False)
     signal.set_wakeup_fd(sig_w)
     signal.signal(signal.SIGCHLD, lambda *a: None)
-    status_fds: dict[int, int] = {}
+    # Each child's status pipe (our write end) and error report pipe (our read end, or -1).
+    status_fds: dict[int, tuple[int, int]] = {}
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(alive_fd, selectors.EVENT_READ)
@@ -401,13 +415,19 @@ def main(sock_fd: int, alive_fd: int) -> None:
             fds_list = list(fds)
             # The child must not hold its siblings' status pipes: once this server is gone,
             # a sibling's pipe must close when the sibling ends (its parent's only sign).
-            pid = _fork_child(fds_list, [sock.fileno(), alive_fd, sig_r, sig_w,
-                                         *status_fds.values()])
-            util.close_fds(fds_list[0], *fds_list[2:])
+            try:
+                report_r, report_w = os.pipe()  # the child's error report, sent on at its exit
+                os.set_blocking(report_r, False)
+            except OSError:
+                report_r = report_w = -1  # out of fds: no report, the child still starts
+            siblings = [fd for pair in status_fds.values() for fd in pair if fd >= 0]
+            pid = _fork_child(fds_list, report_w, [sock.fileno(), alive_fd, sig_r, sig_w,
+                                                   report_r, *siblings])
+            util.close_fds(fds_list[0], *fds_list[2:], *(fd for fd in [report_w] if fd >= 0))
             if pid > 0:
-                status_fds[pid] = fds_list[1]
+                status_fds[pid] = (fds_list[1], report_r)
             else:
-                util.close_fds(fds_list[1])
+                util.close_fds(fds_list[1], *(fd for fd in [report_r] if fd >= 0))
             sock.sendall(_PID.pack(pid))
 
 
@@ -420,7 +440,7 @@ def _preload(names: list[str]) -> None:
     util._run_finalizers()  # nothing the preload registered must run in children
 
 
-def _fork_child(fds: list[int], server_fds: list[int]) -> int:
+def _fork_child(fds: list[int], report_w: int, server_fds: list[int]) -> int:
     try:
         pid = os.fork()
     except OSError as e:
@@ -434,6 +454,8 @@ def _fork_child(fds: list[int], server_fds: list[int]) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         util.close_fds(*server_fds, fds[1])
         after_fork_in_child()
+        if report_w >= 0:
+            set_own_sentinel_fd(report_w)  # where an error report goes (see _popen.send_error)
         from . import bootstrap
 
         os.dup2(fds[2], 1)
@@ -459,10 +481,18 @@ def _reap(status_fds: dict[int, int]) -> None:
             return
         if pid == 0:
             return
-        fd = status_fds.pop(pid, None)
-        if fd is not None:
+        fds = status_fds.pop(pid, None)
+        if fds is not None:
+            fd, report_r = fds
+            report = b""
+            if report_r >= 0:
+                try:
+                    report = os.read(report_r, _REPORT_MAX + 1)
+                except OSError:  # nothing reported (EAGAIN)
+                    pass
+                util.close_fds(report_r)
             try:
-                os.write(fd, _STATUS.pack(os.waitstatus_to_exitcode(sts)))
+                os.write(fd, _STATUS.pack(os.waitstatus_to_exitcode(sts)) + report)
             except OSError:
                 pass
             util.close_fds(fd)
