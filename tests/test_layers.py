@@ -34,6 +34,8 @@ UPWARD: dict[tuple[str, str], str] = {
         "a spawned child makes its default context the start method that started it",
     ("polyproc.process", "polyproc.context"):
         "a started child makes its default context the start method that started it",
+    ("polyproc.process", "polyproc._spawn"):
+        "a child that fails notes its error for its parent with the start method's reporter",
     ("polyproc.process", "polyproc.connection"):
         "waiting for a process (is_alive, join) waits on its sentinel with connection.wait",
     ("polyproc.reduction", "polyproc._resources"):

@@ -32,8 +32,8 @@ from ._popen import (
     after_fork_in_child,
     child_command,
     exit_forked_child,
-    pickle_start_data,
     parse_error_report,
+    pickle_start_data,
     set_own_sentinel_fd,
     wait_fd,
     write_frames,
@@ -473,7 +473,7 @@ def _fork_child(fds: list[int], report_w: int, server_fds: list[int]) -> int:
         exit_forked_child(code)
 
 
-def _reap(status_fds: dict[int, int]) -> None:
+def _reap(status_fds: dict[int, tuple[int, int]]) -> None:
     while True:
         try:
             pid, sts = os.waitpid(-1, os.WNOHANG)
