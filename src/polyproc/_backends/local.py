@@ -747,11 +747,6 @@ class LocalBackend:
                 w.sock.close()
             except OSError:
                 pass
-            try:  # its sentinel and pipes now, not when the cyclic GC gets to the object
-                if w.proc.exitcode is not None:
-                    w.proc.close()
-            except (OSError, ValueError, AttributeError):
-                pass
         self.workers.clear()
         # Anything still waiting (terminate, or a dispatcher failure) gets its outcome now.
         if not self.scheduler.idle():
