@@ -65,6 +65,12 @@ def pools(request: pytest.FixtureRequest) -> Iterator[tuple]:
         ex.shutdown(cancel_futures=True)
     leaks = before.leaks(5.0)
     assert not leaks, leaks
+    # The outcomes the tests kept (exceptions, their tracebacks and frames) form reference
+    # cycles that may hold a worker's Process (its fds) until the cyclic GC runs, as with
+    # the stdlib; some libraries (distributed) make that run rarely.
+    import gc
+
+    gc.collect()
     assert _wait_until(lambda: _fds() <= fds, 5.0), f"{_fds() - fds} fds more than before"
 
 
